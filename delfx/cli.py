@@ -1,0 +1,147 @@
+"""The `delfx` command line: each command parses options and calls one core function.
+
+Data goes to stdout, logs and progress to stderr. Every option can also be set from the
+environment as DELFX_<COMMAND>_<OPTION> (e.g. DELFX_INSPECT_JSON=1); command line wins.
+Heavy libraries (TensorFlow, Ray, FAISS) are imported inside the commands that need them, so
+`delfx --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from delfx import __version__
+from delfx.errors import DelfxError
+
+log = logging.getLogger("delfx")
+
+
+class DelfxGroup(click.Group):
+    """Turns domain errors into a one-line message and exit code 1, Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DelfxError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def configure_logging(verbosity: int) -> None:
+    """stderr logging: -q warnings only, default delfx info, -v delfx debug, -vv everything."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+    logging.getLogger("delfx").setLevel(level)
+    from delfx import tf_quiet
+    tf_quiet.set_verbosity(verbosity)
+
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from delfx.versions import library_versions
+    for name, version in library_versions().items():
+        click.echo(f"{name} {version}")
+    ctx.exit()
+
+
+@click.group(cls=DelfxGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               "auto_envvar_prefix": "DELFX",
+                                               "show_default": True})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show delfx and library versions and exit.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: also library logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """delfx: DELF local features for landmark recognition, from extraction to GAP.
+
+    Stages: sample-data -> extract -> build-index -> train -> classify -> evaluate.
+    """
+    configure_logging(-1 if quiet else verbose)
+
+
+@cli.command("sample-data")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--landmarks", default=8, help="Number of landmarks (photos shipped by installed packages).")
+@click.option("--views", default=5, help="Synthetic views per landmark, besides the canonical one.")
+@click.option("--non-landmarks", default=8, help="Distractor images that are no landmark.")
+@click.option("--long-side", default=480, help="Long side of the canonical views, in pixels.")
+@click.option("--seed", default=0, help="Random seed (same seed, same bytes).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing sample-data folder.")
+def sample_data(out_dir: Path, landmarks: int, views: int, non_landmarks: int, long_side: int,
+                seed: int, overwrite: bool) -> None:
+    """Write a small labelled landmark-style image set that works offline."""
+    from delfx.sample_data import write_sample_data
+    dataset = write_sample_data(out_dir, landmarks=landmarks, views=views,
+                                non_landmarks=non_landmarks, long_side=long_side, seed=seed,
+                                overwrite=overwrite)
+    n_train = sum(1 for image in dataset.images if image.split == "train")
+    log.info("wrote %d images (%d train, %d query) to %s", len(dataset.images), n_train,
+             len(dataset.images) - n_train, dataset.root)
+    click.echo(str(dataset.labels_csv))
+
+
+@cli.command()
+@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--no-checksum", is_flag=True, help="Skip re-hashing the shards (structure only).")
+def verify(feature_dir: Path, no_checksum: bool) -> None:
+    """Check every shard of a feature set against its manifest.
+
+    Prints one line per problem; exit status 0 when the set is complete and intact, 1 otherwise.
+    """
+    from delfx.store import verify as verify_store
+    report = verify_store(feature_dir, checksum=not no_checksum)
+    for warning in report.warnings:
+        log.warning("%s", warning)
+    for problem in report.problems:
+        click.echo(f"PROBLEM {problem}")
+    if not report.ok:
+        raise click.ClickException(f"{feature_dir}: {len(report.problems)} problem(s) found")
+    click.echo(f"OK {feature_dir}: {report.shards_checked} shard(s) verified")
+
+
+@cli.command()
+@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON instead of text.")
+def inspect(feature_dir: Path, as_json: bool) -> None:
+    """Summarise a feature set: images, failures by reason, features per image, size, model."""
+    from delfx.store import inspect as inspect_store
+    summary = inspect_store(feature_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    click.echo(_format_summary(summary))
+
+
+def _format_summary(s: dict) -> str:
+    images, feats, size = s["images"], s["features"], s["bytes"]
+    lines = [f"feature set   {s['root']}",
+             f"model         {s['model']['id']} ({s['model']['hash'][:12]})",
+             f"descriptors   {s['descriptor']['dim']}-d {s['descriptor']['dtype']}",
+             f"shards        {s['shards']['complete']} of {s['shards']['planned']} complete",
+             f"images        {images['total']} ({images['ok']} ok, {images['failed']} failed)"]
+    for reason, count in images["failed_by_reason"].items():
+        lines.append(f"  failed      {count} {reason}")
+    per = feats["per_ok_image"]
+    lines.append(f"features      {feats['total']}" + (
+        f" (per image min {per['min']}, median {per['median']:g}, max {per['max']})" if per else ""))
+    if size["per_image"] is not None:
+        lines.append(f"size          {size['total'] / 1e6:.1f} MB ({size['per_image'] / 1e3:.1f} kB per image)")
+    lines.append("config        " + json.dumps(s["config"], sort_keys=True))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    cli(prog_name="delfx")

@@ -1,0 +1,65 @@
+"""Path helpers shared by every stage: manifest paths that cannot escape, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from delfx.errors import StoreError
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """Resolve `relative` (as written in a manifest) under `root`, refusing anything that escapes it.
+
+    Manifests travel between machines and may come from someone else: an absolute path, a `..`
+    component or a symlink pointing outside the feature-set folder must never be followed.
+    """
+    if not relative or "\\" in relative or "\x00" in relative:
+        raise StoreError(f"refusing path {relative!r} from the manifest: not a plain relative path")
+    posix = PurePosixPath(relative)
+    if posix.is_absolute() or any(part in ("..", "") for part in posix.parts):
+        raise StoreError(f"refusing path {relative!r} from the manifest: it escapes {root}")
+    root_resolved = Path(root).resolve()
+    resolved = (root_resolved / posix).resolve()
+    if root_resolved != resolved and root_resolved not in resolved.parents:
+        raise StoreError(f"refusing path {relative!r} from the manifest: it resolves outside {root}")
+    return resolved
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as indented, key-sorted JSON (stable diffs, human-readable)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,71 @@
+"""The on-disk schema of delfx feature shards: the one place that names what is stored where.
+
+A feature set is a folder with `manifest.json` and N shard files `shard-<i>-of-<N>.h5`. Each shard
+holds flat, chunked arrays plus a per-image offsets table (never one HDF5 group per image: that
+layout slows to a crawl past ~15k images, and reads 100x slower than flat arrays here, see
+docs/FORMAT.md). Every name below is part of schema version 1; changing any of them means a new
+schema version and a reader that still understands (or clearly refuses) the old one.
+"""
+
+from __future__ import annotations
+
+FORMAT_NAME = "delfx-features"
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "delfx-manifest"
+
+
+def shard_file_name(index: int, num_shards: int) -> str:
+    """`shard-00003-of-00016.h5`: sorts by index and says how many shards were planned."""
+    return f"shard-{index:05d}-of-{num_shards:05d}.h5"
+
+
+# Per-image table: one row per image, in the order the images were added.
+IMAGE_ID = "images/id"            # vlen UTF-8 string, unique within the feature set
+IMAGE_OFFSET = "images/offset"    # int64: first row of this image in the features/* arrays
+IMAGE_COUNT = "images/count"      # int32: number of feature rows (0 for failed images)
+IMAGE_STATUS = "images/status"    # uint8: STATUS_OK or STATUS_FAILED
+IMAGE_REASON = "images/reason"    # vlen string: failure code ("" when ok), e.g. "truncated"
+IMAGE_MESSAGE = "images/message"  # vlen string: human-readable failure detail ("" when ok)
+IMAGE_HEIGHT = "images/height"    # int32: original image height in pixels (after EXIF orientation)
+IMAGE_WIDTH = "images/width"      # int32: original image width (0 when the image could not be read)
+
+IMAGE_TABLE = (IMAGE_ID, IMAGE_OFFSET, IMAGE_COUNT, IMAGE_STATUS, IMAGE_REASON, IMAGE_MESSAGE,
+               IMAGE_HEIGHT, IMAGE_WIDTH)
+
+# Per-feature arrays: one row per keypoint; an image's rows are contiguous and sorted by
+# descending score, so "the top K features" of an image is its first min(K, count) rows.
+FEATURE_LOCATIONS = "features/locations"      # float32 (M, 2): (y, x) in original-image pixels
+FEATURE_SCALES = "features/scales"            # float32 (M,): 1 / pyramid scale (or keypoint scale)
+FEATURE_SCORES = "features/scores"            # float32 (M,): attention score (or detector response)
+FEATURE_DESCRIPTORS = "features/descriptors"  # float32 or float16 (M, D)
+
+FEATURE_ARRAYS = (FEATURE_LOCATIONS, FEATURE_SCALES, FEATURE_SCORES, FEATURE_DESCRIPTORS)
+
+STATUS_OK = 0
+STATUS_FAILED = 1
+
+DESCRIPTOR_DTYPES = ("float32", "float16")
+
+# File attributes (root of every shard). JSON-valued attributes are stored as JSON strings so
+# any HDF5 reader can show them and no pickle is ever involved.
+ATTR_FORMAT = "format"
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_COMPLETE = "complete"              # set to True as the very last write before the rename
+ATTR_MODEL_ID = "model_id"
+ATTR_MODEL_HASH = "model_hash"
+ATTR_CONFIG = "config_json"             # the full extraction config
+ATTR_VERSIONS = "versions_json"         # delfx and library versions
+ATTR_CREATED = "created"                # ISO 8601 UTC
+ATTR_SHARD_INDEX = "shard_index"
+ATTR_NUM_SHARDS = "num_shards"
+ATTR_DESCRIPTOR_DIM = "descriptor_dim"
+ATTR_DESCRIPTOR_DTYPE = "descriptor_dtype"
+ATTR_NUM_IMAGES = "num_images"
+ATTR_NUM_FEATURES = "num_features"
+
+# Rows per HDF5 chunk of the feature arrays: 4096 x 40 float16 = 320 KiB, large enough that a
+# full scan is a few big reads, small enough that a random image costs one chunk.
+FEATURE_CHUNK_ROWS = 4096
