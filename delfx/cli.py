@@ -8,7 +8,7 @@ Heavy libraries (TensorFlow, Ray, FAISS) are imported inside the commands that n
 
 from __future__ import annotations
 
-import json
+import json as jsonlib
 import logging
 import sys
 from pathlib import Path
@@ -114,13 +114,13 @@ def verify(feature_dir: Path, no_checksum: bool) -> None:
 
 @cli.command()
 @click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON instead of text.")
-def inspect(feature_dir: Path, as_json: bool) -> None:
+@click.option("--json", is_flag=True, help="Machine-readable JSON instead of text.")
+def inspect(feature_dir: Path, json: bool) -> None:
     """Summarise a feature set: images, failures by reason, features per image, size, model."""
     from delfx.store import inspect as inspect_store
     summary = inspect_store(feature_dir)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    if json:
+        click.echo(jsonlib.dumps(summary, indent=2, sort_keys=True))
         return
     click.echo(_format_summary(summary))
 
@@ -139,7 +139,7 @@ def _format_summary(s: dict) -> str:
         f" (per image min {per['min']}, median {per['median']:g}, max {per['max']})" if per else ""))
     if size["per_image"] is not None:
         lines.append(f"size          {size['total'] / 1e6:.1f} MB ({size['per_image'] / 1e3:.1f} kB per image)")
-    lines.append("config        " + json.dumps(s["config"], sort_keys=True))
+    lines.append("config        " + jsonlib.dumps(s["config"], sort_keys=True))
     return "\n".join(lines)
 
 

@@ -1,0 +1,29 @@
+# One-command set-up: every target creates the virtualenv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.delfx-installed
+
+.PHONY: install test quickstart bench-quick bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The test command of the README and of CI. pytest exits 5 when it collects nothing: that fails too.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# The main job, end to end, offline, on the bundled sample data.
+quickstart: $(STAMP)
+	bash scripts/quickstart.sh $(BIN)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_store --quick
+
+clean:
+	rm -rf $(VENV) quickstart .pytest_cache
