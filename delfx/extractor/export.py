@@ -1,0 +1,96 @@
+"""`delfx export-model`: the built-in DELF model as a SavedModel with the official signature.
+
+The exported folder loads with `tensorflow_hub.load(folder).signatures["default"]` exactly like
+the official module, so everything that takes the official module (including delfx's own
+`--model tfhub --model-path DIR`) takes it too. A `delfx_model.json` beside `saved_model.pb`
+records what it is (model id, hash, PCA origin, score mode, versions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from delfx.errors import DelfxError
+from delfx.extractor.delf import DelfModel
+from delfx.extractor.pyramid import tf_postprocess, tf_pyramid_extract
+from delfx.paths import atomic_write_json
+from delfx.versions import library_versions
+
+log = logging.getLogger(__name__)
+
+METADATA_NAME = "delfx_model.json"
+
+
+def _export_module(model: DelfModel):
+    import tensorflow as tf
+
+    network, rf, pca = model.network, model.rf, model.pca
+    norm_mode = network.score_mode == "norm"
+    min_level_side = model.min_level_side
+
+    class DelfExport(tf.Module):
+        def __init__(self):
+            super().__init__(name="delf")
+            # Assigning the Keras models here makes tf.Module track (and save) their variables.
+            self.backbone = network.backbone
+            self.attention = network.attention
+            if pca is not None:
+                import numpy as np
+                from delfx.extractor.pca import WHITEN_EPS
+                scale = (1.0 / np.sqrt(pca.variances + WHITEN_EPS) if pca.whiten
+                         else np.ones(pca.out_dim)).astype("float32")
+                self.pca_mean = tf.Variable(pca.mean, trainable=False, name="pca_mean")
+                self.pca_components = tf.Variable(pca.components, trainable=False,
+                                                  name="pca_components")
+                self.pca_scale = tf.Variable(scale, trainable=False, name="pca_scale")
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, None, 3], tf.float32, name="image"),
+            tf.TensorSpec([], tf.float32, name="score_threshold"),
+            tf.TensorSpec([None], tf.float32, name="image_scales"),
+            tf.TensorSpec([], tf.int32, name="max_feature_num")])
+        def default(self, image, score_threshold, image_scales, max_feature_num):
+            # Norm scores live on another scale than attention: as in-process, the threshold
+            # only applies to a trained attention head.
+            threshold = tf.constant(0.0) if norm_mode else score_threshold
+            locations, raw, scales, scores = tf_pyramid_extract(
+                network, rf, image, threshold, image_scales, max_feature_num, min_level_side)
+            descriptors = (tf_postprocess(raw, self.pca_mean, self.pca_components, self.pca_scale)
+                           if pca is not None else raw)
+            return {"locations": locations, "descriptors": descriptors, "scales": scales,
+                    "attention": scores}
+
+    return DelfExport()
+
+
+def export_model(model: DelfModel, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Write `model` as a SavedModel with the official DELF signature; return the folder."""
+    import shutil
+    import tensorflow as tf
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise DelfxError(f"{out_dir} is not empty (use --overwrite)")
+        shutil.rmtree(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module = _export_module(model)
+    tf.saved_model.save(module, str(tmp), signatures={"default": module.default})
+    atomic_write_json(tmp / METADATA_NAME, {
+        "format": "delfx-exported-delf", "version": 1, "model_id": model.model_id,
+        "model_hash": model.model_hash, "descriptor_dim": model.descriptor_dim,
+        "score": model.network.score_mode, "receptive_field": vars(model.rf),
+        "pca_source": model.pca.source if model.pca is not None else None,
+        "config": model.output_config(), "versions": library_versions(),
+        "signature": "default(image, score_threshold, image_scales, max_feature_num) -> "
+                     "locations, descriptors, scales, attention"})
+    tmp.rename(out_dir)
+    log.info("exported %s to %s", model.model_id, out_dir)
+    return out_dir
+
+
+def read_export_metadata(folder: Path) -> dict | None:
+    path = Path(folder) / METADATA_NAME
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,45 @@
+"""Re-create the PCA files that ship in delfx/models (their origin, reproducible).
+
+    .venv/bin/python scripts/fit_builtin_pca.py
+
+Fitted on `delfx sample-data` (photos shipped by scikit-learn and scikit-image, with synthetic
+views): offline, public, and disjoint from the evaluation photos in ../shared. PCA is
+unsupervised, so fitting on the sample set only tunes the projection to generic image content.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from delfx.config import PRESETS
+from delfx.extractor.fit import fit_model_pca
+from delfx.extractor.models import SHIPPED_PCA
+from delfx.inputs import list_images
+from delfx.sample_data import write_sample_data
+
+OUT = Path(__file__).resolve().parents[1] / "delfx" / "models"
+# (model, components kept in the file; models truncate to the descriptor_dim they are asked for)
+FITS = [("rootsift", 128), ("delf-vgg16", 128)]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_sample_data(Path(tmp) / "sample", landmarks=10, views=5, non_landmarks=8,
+                                 long_side=640, seed=0)
+        items = list_images(data.root / "images")
+        for model, dim in FITS:
+            config = PRESETS["fast"].replace(model=model)
+            pca = fit_model_pca(config, items, dim=dim, max_per_image=500,
+                                source=f"scripts/fit_builtin_pca.py: delfx sample-data "
+                                       f"(10 landmarks x 6 views + 8 non-landmarks, long side "
+                                       f"640, seed 0), preset fast, top 500 descriptors per "
+                                       f"image, model {model}")
+            path = pca.save(OUT / SHIPPED_PCA[model])
+            print(f"{model}: {pca.in_dim} -> {pca.out_dim}, digest {pca.digest()[:16]}, {path}")
+
+
+if __name__ == "__main__":
+    main()
