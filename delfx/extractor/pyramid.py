@@ -5,7 +5,8 @@ round(W*s) and run through the network. Every feature cell becomes a keypoint at
 its receptive field (see receptive_field.py), mapped back to the input image with half-pixel
 alignment: y = (y_level + 0.5) * H / h_level - 0.5. (DELF's own code divides by s, which differs
 by under (0.5 / s) px; using the real level size also absorbs the rounding of h_level.)
-Its scale is 1 / s. Selection keeps cells with score >= threshold, then the global top
+Centres that fall past the last pixel (border cells of a ceil-sized feature map) are clipped
+into the image. Its scale is 1 / s. Selection keeps cells with score >= threshold, then the global top
 `max_features` by score across all scales (ties: lower level, then row-major, first). Finally
 the descriptors are post-processed: L2-normalise -> minus PCA mean -> project -> optional
 whitening -> L2-normalise.
@@ -65,6 +66,9 @@ def select_features(levels: list[LevelOutput], image_height: int, image_width: i
         centres = rf.centres(h, w)[keep]
         centres[:, 0] = (centres[:, 0] + 0.5) * image_height / level.level_height - 0.5
         centres[:, 1] = (centres[:, 1] + 0.5) * image_width / level.level_width - 0.5
+        # Cells of a ceil-sized map can be centred past the last pixel: clip into the image.
+        np.clip(centres[:, 0], 0, image_height - 1, out=centres[:, 0])
+        np.clip(centres[:, 1], 0, image_width - 1, out=centres[:, 1])
         locations.append(centres)
         descriptors.append(level.features.reshape(h * w, -1)[keep])
         scores.append(level.scores.reshape(-1)[keep])
@@ -123,8 +127,8 @@ def tf_pyramid_extract(network, rf: ReceptiveField, image, score_threshold, imag
             fh, fw = tf.shape(scores)[0], tf.shape(scores)[1]
             ys = rf.stride * tf.range(fh, dtype=tf.float32) + rf.first_centre
             xs = rf.stride * tf.range(fw, dtype=tf.float32) + rf.first_centre
-            ys = (ys + 0.5) * height / tf.cast(h, tf.float32) - 0.5
-            xs = (xs + 0.5) * width / tf.cast(w, tf.float32) - 0.5
+            ys = tf.clip_by_value((ys + 0.5) * height / tf.cast(h, tf.float32) - 0.5, 0.0, height - 1)
+            xs = tf.clip_by_value((xs + 0.5) * width / tf.cast(w, tf.float32) - 0.5, 0.0, width - 1)
             grid_y, grid_x = tf.meshgrid(ys, xs, indexing="ij")
             locations = tf.reshape(tf.stack([grid_y, grid_x], axis=-1), [-1, 2])
             flat_scores = tf.reshape(scores, [-1])
