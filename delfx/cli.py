@@ -143,5 +143,98 @@ def _format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def extract_config_options(func):
+    """Options that shape extracted features, shared by every command that extracts.
+
+    None means "not given": the value then comes from the config file or the preset.
+    """
+    options = [
+        click.option("--preset", default="delf", type=click.Choice(["seed128", "delf", "fast"]),
+                     help="Named starting point (see README); the options below override it."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
+                     path_type=Path), help="TOML or JSON file of extraction settings."),
+        click.option("--model", type=click.Choice(["auto", "tfhub", "delf-vgg16", "delf-resnet50",
+                     "rootsift"]), default=None, help="Feature model [default: auto]."),
+        click.option("--model-path", default=None,
+                     help="TF-Hub handle or SavedModel folder (tfhub); weights file (delf-resnet50)."),
+        click.option("--pca-path", default=None, help="PCA file from `delfx fit-pca`."),
+        click.option("--image-size", type=int, default=None, help="Squash images to this square size."),
+        click.option("--max-side", type=int, default=None, help="Downscale so the long side is at most this."),
+        click.option("--scales", default=None, help="Pyramid scales, comma-separated."),
+        click.option("--score-threshold", type=float, default=None),
+        click.option("--max-features", type=int, default=None),
+        click.option("--descriptor-dim", type=int, default=None, help="0 keeps raw descriptors."),
+        click.option("--descriptor-dtype", type=click.Choice(["float16", "float32"]), default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_config(kwargs: dict):
+    """Pop the extraction options from a command's kwargs and resolve them into a config."""
+    from delfx.config import ExtractConfig, resolve_extract_config
+    names = [f.name for f in __import__("dataclasses").fields(ExtractConfig) if f.name != "preset"]
+    overrides = {name: kwargs.pop(name, None) for name in names}
+    if overrides["scales"] is not None:
+        try:
+            overrides["scales"] = tuple(float(s) for s in overrides["scales"].split(","))
+        except ValueError:
+            raise click.BadParameter(f"--scales: {overrides['scales']!r} is not a list of numbers")
+    return resolve_extract_config(kwargs.pop("preset"), kwargs.pop("config_file"), overrides)
+
+
+@cli.command("fit-pca")
+@click.argument("images", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the PCA (HDF5).")
+@click.option("--dim", default=40, help="Components to keep.")
+@click.option("--whiten", is_flag=True, help="Also learn whitening (divide by sqrt(variance)).")
+@click.option("--max-images", type=int, default=1000, help="Sample at most this many images.")
+@click.option("--seed", default=0)
+@extract_config_options
+def fit_pca(images: Path, out: Path, dim: int, whiten: bool, max_images: int, seed: int,
+            **kwargs) -> None:
+    """Learn a model's PCA post-processing from raw descriptors of IMAGES (folder or list).
+
+    Use it with --pca-path in later commands. The PCA records what it was fitted on.
+    """
+    from delfx.extractor.fit import fit_model_pca
+    from delfx.inputs import list_images
+    config = resolve_config(kwargs)
+    if config.model == "auto":
+        config = config.replace(model="rootsift")
+    pca = fit_model_pca(config, list_images(images), dim=dim, whiten=whiten,
+                        max_images=max_images, seed=seed)
+    pca.save(out)
+    click.echo(str(out))
+
+
+@cli.command("export-model")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True)
+@extract_config_options
+def export_model(out_dir: Path, overwrite: bool, **kwargs) -> None:
+    """Write a built-in DELF model as a SavedModel with the official TF-Hub signature.
+
+    Load it anywhere with tensorflow_hub.load(OUT_DIR).signatures["default"], or in delfx with
+    --model tfhub --model-path OUT_DIR.
+    """
+    from delfx.extractor.delf import DelfModel
+    from delfx.extractor.export import export_model as export
+    from delfx.extractor.models import create_model
+    config = resolve_config(kwargs)
+    if config.model in ("auto", None):
+        config = config.replace(model="delf-vgg16")
+    model = create_model(config)
+    if not isinstance(model, DelfModel):
+        raise click.ClickException(f"export-model exports the built-in DELF models "
+                                   f"(delf-vgg16, delf-resnet50), not {config.model}")
+    export(model, out_dir, overwrite=overwrite)
+    click.echo(str(out_dir))
+
+
 def main() -> None:
     cli(prog_name="delfx")
