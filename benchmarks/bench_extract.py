@@ -1,0 +1,122 @@
+"""Extraction cost per preset and model, in-process, side by side in one run.
+
+Reports seconds per 100 images (decode + extract; the reference is 5-10 s per 100 images for
+DELF at 128 px), the share of time in the backbone, the speed-up of batched seed128 over calling
+the exported official signature one image at a time, and bf16 against fp32.
+
+    python -m benchmarks.bench_extract                 # report figures
+    python -m benchmarks.bench_extract --quick         # CI: a few images per row
+    python -m benchmarks.bench_extract --images DIR    # your own photos (default: sample data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import emit
+from delfx.config import PRESETS
+from delfx.inputs import list_images
+
+# (model, preset, overrides, images in the full run); the delf preset on VGG16 costs seconds
+# per image on 2 cores, so it gets fewer images.
+ROWS = [
+    ("delf-vgg16", "seed128", {}, 100),
+    ("delf-vgg16", "seed128", {"precision": "bfloat16"}, 100),
+    ("delf-vgg16", "fast", {}, 30),
+    ("delf-vgg16", "delf", {}, 10),
+    ("rootsift", "seed128", {}, 100),
+    ("rootsift", "fast", {}, 100),
+    ("rootsift", "delf", {}, 100),
+]
+
+
+def _extract_rate(model, items) -> dict:
+    from delfx.extractor.run import extract_items
+    model_backbone = getattr(model, "backbone_seconds", None)
+    start = time.perf_counter()
+    features = [r.num_features for r in extract_items(model, items)]
+    seconds = time.perf_counter() - start
+    backbone = (getattr(model, "backbone_seconds", 0.0) - model_backbone
+                if model_backbone is not None else None)
+    return {"images": len(items), "seconds": seconds, "s_per_100": 100 * seconds / len(items),
+            "backbone_share": backbone / seconds if backbone is not None else None,
+            "features_per_image": sum(features) / len(features)}
+
+
+def _warm(model, items) -> None:
+    """One image first, so graph tracing and oneDNN kernel selection are not billed."""
+    from delfx.extractor.run import extract_items
+    list(extract_items(model, items[:1]))
+    if hasattr(model, "backbone_seconds"):
+        model.backbone_seconds = 0.0
+
+
+def run(items, quick: bool, workdir: Path) -> dict:
+    from delfx.extractor.export import export_model
+    from delfx.extractor.hub import HubModel
+    from delfx.extractor.models import create_model
+    rows = []
+    for model_name, preset, overrides, full_n in ROWS:
+        n = min(len(items), 6 if quick else full_n)
+        config = PRESETS[preset].replace(model=model_name, **overrides)
+        model = create_model(config)
+        _warm(model, items)
+        result = _extract_rate(model, items[:n])
+        rows.append({"model": model_name, "preset": preset, "overrides": overrides, **result})
+    # Batched seed128 against the exported official signature called one image at a time.
+    n = min(len(items), 8 if quick else 50)
+    config = PRESETS["seed128"].replace(model="delf-vgg16")
+    batched = create_model(config)
+    exported = export_model(batched, workdir / "exported")
+    per_image = HubModel(config.replace(model="tfhub", model_path=str(exported), batch_size=1))
+    _warm(batched, items)
+    _warm(per_image, items)
+    batched_rate = _extract_rate(batched, items[:n])
+    signature_rate = _extract_rate(per_image, items[:n])
+    return {"rows": rows, "batched_vs_signature": {
+        "images": n, "batched_s_per_100": batched_rate["s_per_100"],
+        "signature_s_per_100": signature_rate["s_per_100"],
+        "speedup": signature_rate["s_per_100"] / batched_rate["s_per_100"]}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, help="folder or list of images (default: sample data)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="delfx-bench-extract-"))
+    try:
+        if args.images is None:
+            from delfx.sample_data import write_sample_data
+            data = write_sample_data(workdir / "sample", landmarks=10, views=9, non_landmarks=10,
+                                     long_side=640)
+            source = "delfx sample-data, 110 images, long side ~640"
+            args.images = data.root / "images"
+        else:
+            source = str(args.images)
+        items = list_images(args.images)
+        result = run(items, args.quick, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result["images_source"] = source
+    table = [("images", source)]
+    for row in result["rows"]:
+        label = f"{row['model']} {row['preset']}" + "".join(f" {k}={v}" for k, v in row["overrides"].items())
+        share = f", backbone {100 * row['backbone_share']:.0f}%" if row["backbone_share"] is not None else ""
+        table.append((label, f"{row['s_per_100']:.1f} s/100 images ({row['images']} images, "
+                             f"{row['features_per_image']:.0f} features/image{share})"))
+    b = result["batched_vs_signature"]
+    table.append(("seed128 batched vs signature", f"{b['batched_s_per_100']:.1f} vs "
+                  f"{b['signature_s_per_100']:.1f} s/100 images: x{b['speedup']:.2f}"))
+    table.append(("reference (DELF at 128 px)", "5-10 s/100 images"))
+    emit("extract", result, table, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
