@@ -8,6 +8,7 @@ Heavy libraries (TensorFlow, Ray, FAISS) are imported inside the commands that n
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import logging
 import sys
@@ -234,6 +235,77 @@ def export_model(out_dir: Path, overwrite: bool, **kwargs) -> None:
                                    f"(delf-vgg16, delf-resnet50), not {config.model}")
     export(model, out_dir, overwrite=overwrite)
     click.echo(str(out_dir))
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--shards", default=8, help="Number of HDF5 shards (fixed per output folder).")
+@click.option("--address", default=None, help="Join this Ray cluster (or set RAY_ADDRESS); "
+              "default: start a local Ray instance on 127.0.0.1.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance [all].")
+@click.option("--workers", type=int, default=None, help="Workers [as many as the cluster holds].")
+@click.option("--cpus-per-worker", type=float, default=1.0)
+@click.option("--gpus-per-worker", type=float, default=None,
+              help="GPUs per worker [1 when the cluster has GPUs and the model uses TensorFlow, else 0].")
+@click.option("--chunk-size", default=16, help="Images per task.")
+@click.option("--max-retries", default=2, help="Retries of a chunk whose worker died.")
+@click.option("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
+@click.option("--no-ray", is_flag=True, help="Run in this process, without Ray (debugging).")
+@click.option("--json", is_flag=True, help="Print the summary as JSON.")
+@extract_config_options
+@click.pass_context
+def extract(ctx: click.Context, input_path: Path, out_dir: Path, shards: int, address: str | None,
+            num_cpus: int | None, workers: int | None, cpus_per_worker: float,
+            gpus_per_worker: float | None, chunk_size: int, max_retries: int, overwrite: bool,
+            no_ray: bool, json: bool, **kwargs) -> None:
+    """Extract local features of INPUT (a folder, or a CSV/list file) into OUT_DIR.
+
+    Resumes by default: complete, verified shards are kept and the rest is redone. Bad images
+    are recorded with their reason and do not stop the run. Exit status: 0 when every shard is
+    complete (even if some images failed), 2 when some shards could not be finished.
+    """
+    from delfx.extractor.executors import InProcessExecutor, RayExecutor
+    from delfx.extractor.job import run_extraction
+    from delfx.inputs import list_images
+    config = resolve_config(kwargs)
+    items = list_images(input_path)
+    verbosity = ctx.find_root().params.get("verbose", 0)
+    executor = (InProcessExecutor(config) if no_ray else
+                RayExecutor(config, address=address, num_cpus=num_cpus,
+                            cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                            verbosity=verbosity))
+    # Ray prints worker-death notices with print(): keep stdout for our data alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = run_extraction(items, config, out_dir, shards, executor, overwrite=overwrite,
+                                 chunk_size=chunk_size, max_retries=max_retries, workers=workers)
+    if json:
+        click.echo(jsonlib.dumps(summary.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(_format_extract_summary(summary))
+    if summary.shards_failed:
+        raise SystemExit(2)
+
+
+def _format_extract_summary(s) -> str:
+    failed = sum(s.failed_by_reason.values())
+    lines = [f"output        {s.output}",
+             f"model         {s.model['id']} ({s.model['hash'][:12]})",
+             f"shards        {s.shards_written} written, {s.shards_skipped} already complete, "
+             f"{len(s.shards_failed)} failed, of {s.shards_planned}",
+             f"images        {s.images_processed} processed ({s.ok} ok, {failed} failed) of "
+             f"{s.images_total}"]
+    for reason, count in sorted(s.failed_by_reason.items()):
+        lines.append(f"  failed      {count} {reason}")
+    if s.ok:
+        lines.append(f"features      {s.features / s.ok:.0f} per ok image")
+    if s.seconds_per_100 is not None:
+        lines.append(f"time          {s.seconds:.1f} s ({s.seconds_per_100:.2f} s per 100 images, "
+                     f"{s.executor})")
+    lines.append(f"size          {s.output_bytes / 1e6:.1f} MB")
+    for index, error in sorted(s.shards_failed.items()):
+        lines.append(f"FAILED shard {index}: {error}")
+    return "\n".join(lines)
 
 
 def main() -> None:

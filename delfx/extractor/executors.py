@@ -1,0 +1,256 @@
+"""Where extraction chunks run: Ray actors (local instance or a cluster), or in this process.
+
+Both executors expose the same small interface to the job loop (`delfx.extractor.job`):
+workers that each hold one loaded model, `submit(worker, items) -> handle`, `wait(handles)`,
+`result(handle)`, and `replace(worker)` after a worker died. Ray is imported only here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import sys
+from typing import Any
+
+from delfx.config import ExtractConfig
+from delfx.inputs import ImageItem
+
+log = logging.getLogger(__name__)
+
+
+class WorkerDied(Exception):
+    """The worker process running a chunk is gone (killed, crashed, node lost)."""
+
+
+class ExtractWorker:
+    """Holds one loaded model and extracts chunks of images (the body of a Ray actor)."""
+
+    def __init__(self, config: dict[str, Any], env: dict[str, str], threads: int, use_gpu: bool):
+        os.environ.update(env)
+        from delfx import tf_quiet
+        from delfx.extractor.models import create_model
+        config_obj = ExtractConfig(**{**config, "scales": tuple(config["scales"])})
+        if config_obj.model != "rootsift":
+            tf = tf_quiet.import_tensorflow()
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+            except RuntimeError:  # already initialised (in-process executor): keep as is
+                pass
+            # Several workers may share one GPU: grow memory as needed instead of taking it all.
+            for gpu in tf.config.list_physical_devices("GPU") if use_gpu else []:
+                try:
+                    tf.config.experimental.set_memory_growth(gpu, True)
+                except RuntimeError:
+                    pass
+        import cv2
+        cv2.setNumThreads(threads)
+        self.model = create_model(config_obj)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.model.describe()
+        info["output_config"] = self.model.output_config()
+        info["pid"] = os.getpid()
+        info["node_id"] = "in-process"
+        if "ray" in sys.modules:  # never import ray here: get_runtime_context() would start it
+            import ray
+            if ray.is_initialized():
+                info["node_id"] = ray.get_runtime_context().get_node_id()
+        return info
+
+    def process(self, items: list[tuple[str, str]]) -> list:
+        from delfx.extractor.run import extract_items
+        return list(extract_items(self.model, [ImageItem(i, p) for i, p in items]))
+
+
+class InProcessExecutor:
+    """Runs every chunk synchronously in this process (no Ray): for debugging and benchmarks."""
+
+    name = "in-process"
+
+    def __init__(self, config: ExtractConfig, **_: Any):
+        self.config = config
+
+    def start(self) -> None:
+        pass
+
+    def workers(self, count: int) -> list:
+        return [ExtractWorker(self.config.to_dict(), {}, os.cpu_count() or 1, False)]
+
+    def describe(self, worker) -> dict[str, Any]:
+        return worker.describe()
+
+    def submit(self, worker, items: list[ImageItem]):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(worker.process([(i.image_id, i.path) for i in items]))
+        return future
+
+    def wait(self, handles: list, timeout: float) -> list:
+        return handles[:1]
+
+    def result(self, handle) -> list:
+        return handle.result()
+
+    def replace(self, worker):
+        return worker
+
+    def stop(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Ray actors, each loading the model once; a local Ray instance unless given an address.
+
+    The local instance listens on 127.0.0.1 only (Ray's single-machine mode), has no dashboard
+    and no usage reporting. `address` (or RAY_ADDRESS) joins an existing cluster instead.
+    """
+
+    name = "ray"
+
+    def __init__(self, config: ExtractConfig, *, address: str | None = None,
+                 num_cpus: int | None = None, cpus_per_worker: float = 1,
+                 gpus_per_worker: float | None = None, verbosity: int = 0):
+        self.config = config
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus = num_cpus
+        self.cpus_per_worker = cpus_per_worker
+        self.gpus_per_worker = gpus_per_worker
+        self.verbosity = verbosity
+        self.started_here = False
+        self._actor_class = None
+
+    def start(self) -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if self.address is None and "ray" not in sys.modules:
+            # Single-machine mode: every Ray service binds to 127.0.0.1 (read at import time).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if self.address and "ray" not in sys.modules:
+            _use_cluster_token(self.address)  # before `import ray`, which reads RAY_AUTH_MODE
+        import ray
+        from delfx import tf_quiet
+        common = dict(configure_logging=False, log_to_driver=self.verbosity >= 1,
+                      runtime_env={"env_vars": tf_quiet.quiet_environment()})
+        if ray.is_initialized():
+            log.info("using the Ray runtime already initialised in this process")
+        elif self.address:
+            log.info("joining the Ray cluster at %s", self.address)
+            ray.init(address=self.address, **common)
+        else:
+            cpus = self.num_cpus or os.cpu_count() or 1
+            log.info("starting a local Ray instance (%d CPUs, 127.0.0.1 only)", cpus)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
+            self.started_here = True
+        if self.gpus_per_worker is None:
+            # GPU when the cluster has one and the model runs on TensorFlow; CPU otherwise.
+            gpus = ray.cluster_resources().get("GPU", 0)
+            self.gpus_per_worker = 1 if gpus >= 1 and self.config.model != "rootsift" else 0
+            log.info("%s", f"{gpus:g} GPU(s) in the cluster: workers use " +
+                     ("one GPU each" if self.gpus_per_worker else "the CPU"))
+        self._actor_class = ray.remote(ExtractWorker).options(
+            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)
+
+    def capacity(self) -> int:
+        """How many workers the cluster can hold at once."""
+        import ray
+        resources = ray.cluster_resources()
+        if self.gpus_per_worker:
+            return max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
+        return max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
+
+    def _new_worker(self):
+        threads = max(1, int(self.cpus_per_worker))
+        return self._actor_class.remote(self.config.to_dict(), {}, threads, self.gpus_per_worker > 0)
+
+    def workers(self, count: int) -> list:
+        return [self._new_worker() for _ in range(min(count, self.capacity()))]
+
+    def describe(self, worker) -> dict[str, Any]:
+        import ray
+        try:
+            return ray.get(worker.describe.remote())
+        except ray.exceptions.RayActorError as exc:
+            from delfx.errors import DelfxError
+            raise DelfxError(f"a worker could not start the model: {_cause(exc)}") from None
+
+    def submit(self, worker, items: list[ImageItem]):
+        return worker.process.remote([(i.image_id, i.path) for i in items])
+
+    def wait(self, handles: list, timeout: float) -> list:
+        import ray
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, handle) -> list:
+        import ray
+        try:
+            return ray.get(handle)
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
+            raise WorkerDied(_cause(exc)) from None
+
+    def replace(self, worker):
+        import ray
+        try:
+            ray.kill(worker)
+        except Exception:  # already dead
+            pass
+        return self._new_worker()
+
+    def stop(self) -> None:
+        import ray
+        if self.started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+def _cluster_requires_token(address: str) -> bool | None:
+    """Ask the cluster's GCS, without credentials, whether it wants a token (None: unknown).
+
+    One unauthenticated GetClusterId call: UNAUTHENTICATED means token authentication is on.
+    Raw gRPC (the request is an empty message) because Ray reads RAY_AUTH_MODE when it is
+    imported: this must run before `import ray`.
+    """
+    if "://" in address or ":" not in address:
+        return None  # ray:// client addresses and "auto" are resolved by Ray itself
+    try:
+        import grpc
+        with grpc.insecure_channel(address) as channel:
+            call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                       request_serializer=lambda m: m,
+                                       response_deserializer=lambda m: m)
+            call(b"", timeout=10)
+        return False
+    except ImportError:
+        return None
+    except Exception as exc:  # grpc.RpcError and friends
+        code = getattr(exc, "code", lambda: None)()
+        return True if code is not None and code.name == "UNAUTHENTICATED" else None
+
+
+def _use_cluster_token(address: str) -> None:
+    """Make joining a token-authenticated cluster just work.
+
+    Ray 2.60 turns token authentication on by default for `ray start --head`, but a client
+    sends the token only when RAY_AUTH_MODE=token; without it the connection times out with
+    InvalidAuthToken. Forcing token mode on a cluster without authentication breaks the other
+    way (workers cannot call back the driver). So delfx asks the cluster: if it wants a token
+    and the user has not chosen a mode, RAY_AUTH_MODE=token is set, and the token is read from
+    RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (copy that file from the head node).
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    if _cluster_requires_token(address):
+        from pathlib import Path
+        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file()):
+            from delfx.errors import DelfxError
+            raise DelfxError(f"the Ray cluster at {address} requires token authentication: copy "
+                             f"~/.ray/auth_token from its head node to this machine, or set "
+                             f"RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN)")
+        os.environ["RAY_AUTH_MODE"] = "token"
+        log.info("the cluster uses token authentication: RAY_AUTH_MODE=token")
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
