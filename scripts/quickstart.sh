@@ -4,3 +4,7 @@ set -euo pipefail
 BIN=${1:-.venv/bin}
 OUT=${QUICKSTART_DIR:-quickstart}
 "$BIN/delfx" sample-data "$OUT/data" --overwrite
+# The default model is `auto`: the official DELF module when it is available offline, else RootSIFT.
+"$BIN/delfx" extract "$OUT/data/images" "$OUT/features" --shards 4
+"$BIN/delfx" verify "$OUT/features"
+"$BIN/delfx" inspect "$OUT/features"

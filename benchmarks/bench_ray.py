@@ -1,0 +1,119 @@
+"""`delfx extract` end to end: Ray against in-process against the naive loop, side by side.
+
+* ray:        the real job (local Ray instance, one worker per core, sharded HDF5 output)
+* in-process: the same job without Ray (InProcessExecutor)
+* naive:      what the DELF tutorials do: decode, call the exported official signature on one
+              image at a time, one .npz file per image
+
+Seconds per 100 images, with and without Ray's start-up, and the ratios. The reference cost of
+DELF at 128 px is 5-10 s per 100 images.
+
+    python -m benchmarks.bench_ray [--quick] [--json PATH] [--images DIR] [--model M] [--preset P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import emit
+from delfx.config import PRESETS
+from delfx.inputs import list_images
+
+
+def _job(items, config, out: Path, executor, shards: int) -> dict:
+    from delfx.extractor.job import run_extraction
+    start = time.perf_counter()
+    summary = run_extraction(items, config, out, shards, executor, progress=False)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "s_per_100": 100 * wall / len(items),
+            "images": len(items), "ok": summary.ok}
+
+
+def _naive(items, config, workdir: Path) -> dict:
+    """Per image: decode, resize, one call of the exported signature, one .npz file."""
+    from delfx.extractor.base import prepare_image
+    from delfx.extractor.delf import DelfModel
+    from delfx.extractor.export import export_model
+    from delfx.extractor.hub import load_signature
+    from delfx.extractor.images import load_image
+    from delfx.extractor.models import create_model
+    import tensorflow as tf
+    model = create_model(config)
+    if not isinstance(model, DelfModel):
+        return {}
+    folder = export_model(model, workdir / "naive-export")
+    signature, _ = load_signature(str(folder))
+    out = workdir / "naive-out"
+    out.mkdir()
+    start = time.perf_counter()
+    for item in items:
+        image, _, _ = prepare_image(load_image(item.path), config)
+        result = signature(image=tf.constant(image, tf.float32) / 255.0,
+                           score_threshold=tf.constant(config.score_threshold),
+                           image_scales=tf.constant(config.scales, tf.float32),
+                           max_feature_num=tf.constant(config.max_features))
+        np.savez(out / (item.image_id.replace("/", "__") + ".npz"),
+                 **{k: v.numpy() for k, v in result.items()})
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "s_per_100": 100 * wall / len(items), "images": len(items)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--model", default="delf-vgg16")
+    parser.add_argument("--preset", default="seed128")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="delfx-bench-ray-"))
+    try:
+        if args.images is None:
+            from delfx.sample_data import write_sample_data
+            n_views = 3 if args.quick else 9
+            data = write_sample_data(workdir / "sample", landmarks=10, views=n_views,
+                                     non_landmarks=10, long_side=640)
+            args.images = data.root / "images"
+        items = list_images(args.images)
+        config = PRESETS[args.preset].replace(model=args.model)
+        from delfx.extractor.executors import InProcessExecutor, RayExecutor
+        ray_executor = RayExecutor(config)
+        start = time.perf_counter()
+        ray_executor.start()
+        startup = time.perf_counter() - start
+        ray_run = _job(items, config, workdir / "ray", ray_executor, args.shards)
+        ray_run["ray_start_s"] = startup
+        in_process = _job(items, config, workdir / "inproc", InProcessExecutor(config), args.shards)
+        naive = _naive(items, config, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"model": args.model, "preset": args.preset, "images": len(items),
+              "ray": ray_run, "in_process": in_process, "naive": naive,
+              "ratios": {"ray_over_in_process": ray_run["wall_s"] / in_process["wall_s"],
+                         "naive_over_ray": naive["wall_s"] / ray_run["wall_s"] if naive else None,
+                         "naive_over_in_process": (naive["wall_s"] / in_process["wall_s"]
+                                                   if naive else None)}}
+    r = result["ratios"]
+    table = [("job", f"{args.model} {args.preset}, {len(items)} images, {args.shards} shards"),
+             ("ray (workers + start-up)", f"{ray_run['s_per_100']:.1f} s/100 images "
+              f"(+ {startup:.1f} s to start Ray)"),
+             ("in-process", f"{in_process['s_per_100']:.1f} s/100 images"),
+             ("ratio ray / in-process", f"{r['ray_over_in_process']:.2f}")]
+    if naive:
+        table += [("naive loop", f"{naive['s_per_100']:.1f} s/100 images"),
+                  ("ratio naive / ray", f"{r['naive_over_ray']:.2f}"),
+                  ("ratio naive / in-process", f"{r['naive_over_in_process']:.2f}")]
+    table.append(("reference (DELF at 128 px)", "5-10 s/100 images"))
+    emit("ray", result, table, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()
