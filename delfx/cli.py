@@ -308,5 +308,133 @@ def _format_extract_summary(s) -> str:
     return "\n".join(lines)
 
 
+@cli.command("build-index")
+@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--factory", default="auto", help="FAISS factory string; auto: Flat below 200k "
+              "vectors, else IVF<~4 sqrt(n)>,PQ20.")
+@click.option("--nprobe", default=16, help="IVF lists searched per query (saved as default).")
+@click.option("--train-size", type=int, default=None, help="Training sample [64 x lists, >= 100k].")
+@click.option("--update", is_flag=True, help="Add the shards completed since the index was built.")
+@click.option("--overwrite", is_flag=True)
+def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe: int,
+                        train_size: int | None, update: bool, overwrite: bool) -> None:
+    """Index every local descriptor of FEATURE_DIR with FAISS (GPU when present)."""
+    from delfx.index.faiss_index import build_index, update_index
+    if update:
+        meta, added = update_index(feature_dir, index_dir)
+        log.info("added shards %s", added if added else "none (index up to date)")
+    else:
+        meta = build_index(feature_dir, index_dir, factory=factory, nprobe=nprobe,
+                           train_size=train_size, overwrite=overwrite)
+    click.echo(f"{index_dir}: {meta.num_vectors} vectors of {meta.num_images} images, "
+               f"{meta.factory}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("queries", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File [stdout].")
+@click.option("--k", default=10, help="Nearest gallery keypoints per query descriptor.")
+@click.option("--max-distance", default=1.0, help="L2 distance under which a neighbour votes.")
+@click.option("--shortlist", default=30, help="Candidates verified per query.")
+@click.option("--top", default=10, help="Results per query.")
+@click.option("--ransac", type=click.Choice(["affine", "homography", "similarity"]), default="affine")
+@click.option("--threshold", type=float, default=None,
+              help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
+@click.option("--exclude-self", is_flag=True, help="Skip gallery images with the query's id.")
+def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
+           max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
+           exclude_self: bool) -> None:
+    """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
+    the gallery's own model and config)."""
+    import csv as csvlib
+    from delfx.index.faiss_index import GalleryIndex, check_compatible
+    from delfx.index.search import SearchConfig, default_threshold, search_many
+    from delfx.store import FeatureSet
+    gallery = FeatureSet(gallery_dir, require_complete=False)
+    index = GalleryIndex(index_dir)
+    check_compatible(index.meta, gallery, index_dir)
+    config = SearchConfig(k=k, max_distance=max_distance, shortlist=shortlist, top=top,
+                          model=ransac, relative_threshold=threshold or
+                          default_threshold(gallery.manifest.model_id))
+    records = _query_records(queries, gallery)
+    handle = open(out, "w", newline="") if out else sys.stdout
+    try:
+        writer = csvlib.writer(handle) if fmt == "csv" else None
+        if writer:
+            writer.writerow(["query", "rank", "gallery_id", "inliers", "votes", "matches", "score"])
+        for results in search_many(records, index, gallery, config, exclude_self):
+            for r in results:
+                if writer:
+                    writer.writerow([r.query, r.rank, r.gallery_id, r.inliers, r.votes, r.matches, r.score])
+                else:
+                    handle.write(jsonlib.dumps(r.to_json()) + "\n")
+            handle.flush()
+    finally:
+        if out:
+            handle.close()
+
+
+def _query_records(queries: Path, gallery):
+    """Records of a query feature set, or of query images extracted like the gallery."""
+    from delfx.store import FeatureSet
+    from delfx.store.schema import MANIFEST_NAME
+    if (queries / MANIFEST_NAME).is_file():
+        query_set = FeatureSet(queries, require_complete=False)
+        if query_set.manifest.model_hash != gallery.manifest.model_hash:
+            raise click.ClickException(f"{queries} was extracted with {query_set.manifest.model_id}, "
+                                       f"the gallery with {gallery.manifest.model_id}")
+        return iter(query_set)
+    from delfx.extractor.models import model_for_features
+    from delfx.extractor.run import extract_items
+    from delfx.inputs import list_images
+    model = model_for_features(gallery.manifest)
+    return extract_items(model, list_images(queries))
+
+
+@cli.command()
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG to draw.")
+@click.option("--ransac", type=click.Choice(["affine", "homography", "similarity"]), default="affine")
+@click.option("--threshold", type=float, default=None,
+              help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
+@extract_config_options
+def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold: float | None,
+          **kwargs) -> None:
+    """Match two images: mutual nearest neighbours + RANSAC; print the inliers, draw them."""
+    import numpy as np
+    from delfx.extractor.images import load_image
+    from delfx.extractor.models import create_model
+    from delfx.index.geometry import mutual_nearest_neighbours, verify_pair
+    from delfx.index.search import default_threshold
+    config = resolve_config(kwargs)
+    model = create_model(config)
+    images = [load_image(p, max_pixels=config.max_pixels) for p in (image_a, image_b)]
+    a, b = (model.extract(image, str(p)) for image, p in zip(images, (image_a, image_b)))
+    matches = mutual_nearest_neighbours(a.descriptors, b.descriptors)
+    result = verify_pair(a.locations, b.locations, matches, model=ransac,
+                         relative_threshold=threshold or default_threshold(model.model_id),
+                         image_size_b=(b.height, b.width))
+    if out is not None:
+        from delfx.index.visualize import draw_matches, save_png
+        inl = result.inlier_mask
+        qa, qb = matches.query_idx, matches.gallery_idx
+        canvas = draw_matches(images[0], images[1], a.locations[qa[inl]], b.locations[qb[inl]],
+                              outliers_a_yx=a.locations[qa[~inl]], outliers_b_yx=b.locations[qb[~inl]],
+                              title=f"{model.model_id}: {result.inliers} inliers / {len(matches)} matches")
+        save_png(out, canvas)
+    click.echo(jsonlib.dumps({"image_a": str(image_a), "image_b": str(image_b),
+                              "model": model.model_id, "features_a": a.num_features,
+                              "features_b": b.num_features, "matches": len(matches),
+                              "inliers": result.inliers, "ransac": ransac,
+                              "transform_xy": None if result.transform is None
+                              else np.asarray(result.transform).round(6).tolist(),
+                              "picture": str(out) if out else None}))
+
+
 def main() -> None:
     cli(prog_name="delfx")

@@ -81,7 +81,7 @@ class _Shard:
 
 
 def _prepare_output(out_dir: Path, identity: RunIdentity, model: dict, overwrite: bool,
-                    descriptor_dim: int, descriptor_dtype: str) -> tuple[Manifest, set[int]]:
+                    descriptor_dim: int, config: ExtractConfig) -> tuple[Manifest, set[int]]:
     """Refuse a mismatched resume; return the manifest and the shards already complete."""
     if overwrite:
         for path in list(out_dir.glob("shard-*.h5*")) + [out_dir / MANIFEST_NAME, out_dir / "plan.json",
@@ -109,10 +109,16 @@ def _prepare_output(out_dir: Path, identity: RunIdentity, model: dict, overwrite
         manifest.save(out_dir)
     else:
         manifest = Manifest(num_shards=identity.num_shards, model_id=model["id"],
-                            model_hash=model["hash"], config=identity.config,
-                            descriptor_dim=descriptor_dim, descriptor_dtype=descriptor_dtype)
+                            model_hash=model["hash"], config=recorded_config(config, model),
+                            descriptor_dim=descriptor_dim, descriptor_dtype=config.descriptor_dtype)
         manifest.save(out_dir)
     return manifest, set(manifest.shards)
+
+
+def recorded_config(config: ExtractConfig, model: dict) -> dict[str, Any]:
+    """What shards and manifest record: the full resolved config (enough to rebuild the model
+    for queries) and the model's own view of the fields that shape its output."""
+    return {**config.to_dict(), "model_output_config": model["output_config"]}
 
 
 class _Progress:
@@ -183,7 +189,7 @@ def run_extraction(items: list[ImageItem], config: ExtractConfig, out_dir: Path,
             model = described[0]
             identity = RunIdentity.of(model, model["output_config"], plan)
             manifest, complete = _prepare_output(out_dir, identity, model, overwrite,
-                                                 model["descriptor_dim"], config.descriptor_dtype)
+                                                 model["descriptor_dim"], config)
             log.info("model %s (%s); %d of %d shards already complete", model["id"],
                      model["hash"][:12], len(complete), num_shards)
             summary = Summary(str(out_dir), {"id": model["id"], "hash": model["hash"]},

@@ -91,3 +91,23 @@ def create_model(config: ExtractConfig) -> FeatureModel:
                          ".weights.h5 of keras.applications.ResNet50(include_top=False))")
     return DelfModel(config, backbone="resnet50", weights=config.model_path,
                      pca=_load_pca(name, config))
+
+
+def model_for_features(manifest) -> FeatureModel:
+    """Rebuild the model that made a feature set (to extract queries the same way).
+
+    Refuses when this installation builds a different model (other weights, PCA or version).
+    """
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(ExtractConfig)}
+    values = {k: v for k, v in manifest.config.items() if k in names}
+    if "model" not in values:
+        raise DelfxError("the feature set does not record its extraction config (made by an "
+                         "older delfx?): extract the queries into a feature set yourself")
+    values["scales"] = tuple(values.get("scales", ()))
+    model = create_model(ExtractConfig(**values))
+    if model.model_hash != manifest.model_hash:
+        raise DelfxError(f"this delfx builds {model.model_id} ({model.model_hash[:12]}), but the "
+                         f"features were made by {manifest.model_id} ({manifest.model_hash[:12]}): "
+                         f"same delfx and model files needed to extract comparable queries")
+    return model

@@ -1,0 +1,336 @@
+"""`delfx build-index`: a FAISS index over every local descriptor of a feature set.
+
+An index folder holds:
+
+* `index.faiss`  the FAISS index (FAISS's own format, written with faiss.write_index)
+* `mapping.h5`   for vector v: `image[v]` (row of the image table) and `row[v]` (keypoint row
+                 within the image); the image table `image_ids`
+* `index.json`   what made it: model id and hash, dimension, factory string, nprobe, the
+                 sha256 of every feature shard indexed, counts, versions, creation time
+
+Exact search (`Flat`) for small sets; IVF-PQ for large ones, chosen by size. For 40-d
+descriptors the PQ sub-quantizer count must divide 40 and be one the GPU implementation
+supports with a supported sub-vector size: 2, 4, 20 or 40 (PQ20 by default: 20 bytes/vector).
+GPU search is used automatically when FAISS sees a GPU (faiss-gpu), with k and nprobe capped
+at the GPU limit of 2048. Descriptors are streamed from the shards in bounded blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from delfx.errors import DelfxError
+from delfx.paths import atomic_write_json
+from delfx.store import FeatureSet
+from delfx.versions import library_versions
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE, MAPPING_FILE, META_FILE = "index.faiss", "mapping.h5", "index.json"
+FORMAT_NAME, FORMAT_VERSION = "delfx-index", 1
+GPU_MAX_K = 2048  # FAISS GPU limit on k and nprobe
+GPU_PQ_M_FOR_40D = (2, 4, 20, 40)
+
+
+def auto_factory(num_vectors: int, dim: int) -> str:
+    """Flat below 200k vectors; otherwise IVF with ~4 sqrt(n) lists (power of two) and PQ."""
+    if num_vectors < 200_000:
+        return "Flat"
+    nlist = int(2 ** round(np.log2(4 * np.sqrt(num_vectors))))
+    nlist = int(np.clip(nlist, 256, 65536))
+    m = 20 if dim % 20 == 0 else next(m for m in (16, 8, 4, 2, 1) if dim % m == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+def estimate_bytes(factory: str, num_vectors: int, dim: int) -> int:
+    """Rough memory the index needs (codes + ids + coarse centroids), before building."""
+    if factory == "Flat":
+        return num_vectors * dim * 4
+    nlist = int(factory.split(",")[0][3:]) if factory.startswith("IVF") else 0
+    if "PQ" in factory:
+        m = int(factory.split("PQ")[1].split("x")[0])
+        code = m
+    elif "SQ8" in factory:
+        code = dim
+    else:
+        code = dim * 4
+    return num_vectors * (code + 8) + nlist * dim * 4
+
+
+def available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 1 << 62
+
+
+def check_gpu_factory(factory: str, dim: int) -> None:
+    """Refuse a PQ size that FAISS's GPU IVF-PQ cannot run (only checked when a GPU is used)."""
+    if "PQ" in factory and dim == 40:
+        m = int(factory.split("PQ")[1].split("x")[0])
+        if m not in GPU_PQ_M_FOR_40D:
+            raise DelfxError(f"{factory}: on the GPU, PQ for 40-d vectors needs M in "
+                             f"{GPU_PQ_M_FOR_40D} (M divides 40 and 40/M is a supported size)")
+
+
+def gpu_count() -> int:
+    import faiss
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+@dataclass
+class IndexMeta:
+    model_id: str
+    model_hash: str
+    dim: int
+    factory: str
+    nprobe: int
+    shards: dict[int, str]  # shard index -> sha256 of the shard file indexed
+    num_vectors: int
+    num_images: int
+    created: str
+    versions: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": {"id": self.model_id,
+                "hash": self.model_hash}, "dim": self.dim, "factory": self.factory,
+                "nprobe": self.nprobe, "shards": {str(k): v for k, v in sorted(self.shards.items())},
+                "num_vectors": self.num_vectors, "num_images": self.num_images,
+                "created": self.created, "versions": self.versions}
+
+    @classmethod
+    def load(cls, folder: Path) -> "IndexMeta":
+        path = Path(folder) / META_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DelfxError(f"{folder}: not a delfx index (no {META_FILE})") from None
+        except (OSError, ValueError) as exc:
+            raise DelfxError(f"{path}: unreadable ({exc})") from None
+        if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
+            raise DelfxError(f"{path}: unknown index format {data.get('format')!r} version "
+                             f"{data.get('version')!r}; rebuild it with this delfx")
+        return cls(data["model"]["id"], data["model"]["hash"], int(data["dim"]), data["factory"],
+                   int(data["nprobe"]), {int(k): v for k, v in data["shards"].items()},
+                   int(data["num_vectors"]), int(data["num_images"]), data["created"],
+                   data["versions"])
+
+
+class Mapping:
+    """vector id -> (image table row, keypoint row); image table row -> image id."""
+
+    def __init__(self, image_ids: list[str], image: np.ndarray, row: np.ndarray):
+        self.image_ids, self.image, self.row = image_ids, image, row
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "delfx-index-mapping"
+            f.create_dataset("image_ids", data=np.array(self.image_ids, dtype=object),
+                             dtype=h5py.string_dtype("utf-8"))
+            f.create_dataset("image", data=self.image.astype(np.int32))
+            f.create_dataset("row", data=self.row.astype(np.int32))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Mapping":
+        with h5py.File(path, "r") as f:
+            ids = [v.decode() if isinstance(v, bytes) else v for v in f["image_ids"][()]]
+            return cls(ids, f["image"][()], f["row"][()])
+
+
+def _indexed_shards(fs: FeatureSet) -> dict[int, str]:
+    return {i: fs.manifest.shards[i].sha256 for i in fs.shard_indices}
+
+
+def _train_sample(fs: FeatureSet, size: int, seed: int) -> np.ndarray:
+    """A uniform random sample of descriptors, collected in one streaming pass."""
+    total = fs.manifest.totals()["features"]
+    rng = np.random.default_rng(seed)
+    wanted = np.sort(rng.choice(total, size=min(size, total), replace=False))
+    out, start = [], 0
+    for descriptors, _, _ in fs.iter_descriptor_blocks():
+        end = start + len(descriptors)
+        lo, hi = np.searchsorted(wanted, [start, end])
+        if hi > lo:
+            out.append(np.asarray(descriptors[wanted[lo:hi] - start], dtype=np.float32))
+        start = end
+    return np.concatenate(out) if out else np.zeros((0, fs.descriptor_dim), np.float32)
+
+
+def build_index(feature_dir: Path, out_dir: Path, *, factory: str = "auto", nprobe: int = 16,
+                train_size: int | None = None, seed: int = 0, overwrite: bool = False,
+                memory_limit: int | None = None) -> IndexMeta:
+    """Build the index of every descriptor of a (complete or partial) feature set."""
+    import faiss
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise DelfxError(f"{out_dir} is not empty (use --overwrite, or --update to add shards)")
+        shutil.rmtree(out_dir)
+    with FeatureSet(feature_dir, require_complete=False) as fs:
+        total, dim = fs.manifest.totals()["features"], fs.descriptor_dim
+        if total == 0:
+            raise DelfxError(f"{feature_dir}: no descriptors to index")
+        factory = auto_factory(total, dim) if factory == "auto" else factory
+        need = estimate_bytes(factory, total, dim)
+        limit = memory_limit or int(0.8 * available_memory())
+        log.info("index %s over %d vectors (%d-d): ~%.0f MB", factory, total, dim, need / 1e6)
+        if need > limit:
+            raise DelfxError(f"the index would need ~{need / 1e9:.1f} GB, more than the "
+                             f"{limit / 1e9:.1f} GB available; choose a compressed factory, "
+                             f"e.g. --factory IVF4096,PQ20")
+        gpus = gpu_count()
+        if gpus:
+            check_gpu_factory(factory, dim)
+        log.info("FAISS on %s", f"{gpus} GPU(s)" if gpus else "the CPU")
+        try:
+            index = faiss.index_factory(dim, factory)
+        except RuntimeError as exc:
+            raise DelfxError(f"bad FAISS factory string {factory!r}: {exc}") from None
+        if not index.is_trained:
+            nlist = faiss.extract_index_ivf(index).nlist
+            size = train_size or min(total, max(64 * nlist, 100_000), 1_000_000)
+            sample = _train_sample(fs, size, seed)
+            if len(sample) < 39 * nlist:
+                log.warning("training on %d vectors for %d lists (FAISS wants >= %d)",
+                            len(sample), nlist, 39 * nlist)
+            log.info("training on %d vectors", len(sample))
+            _train(index, sample, gpus)
+        mapping = _add_all(index, fs, None)
+        meta = IndexMeta(fs.manifest.model_id, fs.manifest.model_hash, dim, factory, nprobe,
+                         _indexed_shards(fs), int(index.ntotal), len(mapping.image_ids),
+                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         library_versions())
+    _save(out_dir, index, mapping, meta)
+    return meta
+
+
+def _train(index, sample: np.ndarray, gpus: int) -> None:
+    import faiss
+    if gpus:
+        ivf = faiss.extract_index_ivf(index)
+        clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+        ivf.clustering_index = clustering_index
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+def _add_all(index, fs: FeatureSet, mapping: Mapping | None, only: set[int] | None = None
+             ) -> Mapping:
+    """Stream descriptors of the chosen shards into the index; extend the mapping."""
+    ids = list(mapping.image_ids) if mapping else []
+    images = [mapping.image] if mapping else []
+    rows = [mapping.row] if mapping else []
+    known = {image_id: i for i, image_id in enumerate(ids)}
+    for shard_index in fs.shard_indices:
+        if only is not None and shard_index not in only:
+            continue
+        reader = fs.shard(shard_index)
+        for image_id in reader.image_ids:
+            if image_id not in known:
+                known[image_id] = len(ids)
+                ids.append(image_id)
+        table = np.array([known[i] for i in reader.image_ids], np.int64)
+        for descriptors, image, row in reader.iter_descriptor_blocks():
+            index.add(np.ascontiguousarray(descriptors, dtype=np.float32))
+            images.append(table[image])
+            rows.append(row)
+    return Mapping(ids, np.concatenate(images) if images else np.zeros(0, np.int64),
+                   np.concatenate(rows) if rows else np.zeros(0, np.int64))
+
+
+def _save(out_dir: Path, index, mapping: Mapping, meta: IndexMeta) -> None:
+    import faiss
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    mapping.save(tmp / MAPPING_FILE)
+    atomic_write_json(tmp / META_FILE, meta.to_json())
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def check_compatible(meta: IndexMeta, fs: FeatureSet, index_dir: Path) -> None:
+    """Refuse an index built from other features or another model than this feature set."""
+    if (meta.model_id, meta.model_hash) != (fs.manifest.model_id, fs.manifest.model_hash):
+        raise DelfxError(f"index {index_dir} was built from model {meta.model_id} "
+                         f"({meta.model_hash[:12]}), the features in {fs.root} come from "
+                         f"{fs.manifest.model_id} ({fs.manifest.model_hash[:12]}): rebuild it")
+    for shard, digest in meta.shards.items():
+        record = fs.manifest.shards.get(shard)
+        if record is None or record.sha256 != digest:
+            raise DelfxError(f"index {index_dir} was built from other features than {fs.root} "
+                             f"(shard {shard} differs): rebuild it")
+
+
+def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[int]]:
+    """Add the shards completed since the index was built, without a rebuild."""
+    import faiss
+    index_dir = Path(index_dir)
+    meta = IndexMeta.load(index_dir)
+    with FeatureSet(feature_dir, require_complete=False) as fs:
+        check_compatible(meta, fs, index_dir)
+        new = sorted(set(fs.shard_indices) - set(meta.shards))
+        if not new:
+            return meta, []
+        index = faiss.read_index(str(index_dir / INDEX_FILE))
+        mapping = _add_all(index, fs, Mapping.load(index_dir / MAPPING_FILE), only=set(new))
+        meta.shards.update({i: fs.manifest.shards[i].sha256 for i in new})
+        meta.num_vectors, meta.num_images = int(index.ntotal), len(mapping.image_ids)
+    _save(index_dir, index, mapping, meta)
+    return meta, new
+
+
+class GalleryIndex:
+    """A loaded index: k nearest gallery keypoints for query descriptors (GPU when present)."""
+
+    def __init__(self, index_dir: Path, *, nprobe: int | None = None):
+        import faiss
+        self.folder = Path(index_dir)
+        self.meta = IndexMeta.load(self.folder)
+        try:
+            index = faiss.read_index(str(self.folder / INDEX_FILE))
+        except RuntimeError as exc:
+            raise DelfxError(f"{self.folder / INDEX_FILE}: unreadable FAISS index ({exc})") from None
+        self.mapping = Mapping.load(self.folder / MAPPING_FILE)
+        if index.ntotal != len(self.mapping.image):
+            raise DelfxError(f"{self.folder}: index and mapping disagree (rebuild it)")
+        self.nprobe = nprobe or self.meta.nprobe
+        self.gpu = gpu_count() > 0
+        if "IVF" in self.meta.factory:
+            faiss.extract_index_ivf(index).nprobe = min(self.nprobe, GPU_MAX_K if self.gpu else 1 << 30)
+        if self.gpu:
+            index = faiss.index_cpu_to_all_gpus(index)
+        self.index = index
+        self._positions: dict[str, int] | None = None
+        log.info("index %s: %d vectors, %s on %s", self.folder, index.ntotal, self.meta.factory,
+                 "GPU" if self.gpu else "CPU")
+
+    @property
+    def mapping_positions(self) -> dict[str, int]:
+        """image id -> row of the image table."""
+        if self._positions is None:
+            self._positions = {image_id: i for i, image_id in enumerate(self.mapping.image_ids)}
+        return self._positions
+
+    def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(L2 distances (n, k), gallery image rows (n, k), keypoint rows (n, k)); -1 = none."""
+        k = min(k, GPU_MAX_K) if self.gpu else k
+        k = min(k, max(1, int(self.index.ntotal)))
+        squared, ids = self.index.search(np.ascontiguousarray(descriptors, dtype=np.float32), k)
+        valid = ids >= 0
+        images = np.where(valid, self.mapping.image[np.where(valid, ids, 0)], -1)
+        rows = np.where(valid, self.mapping.row[np.where(valid, ids, 0)], -1)
+        return np.sqrt(np.maximum(squared, 0)), images, rows
