@@ -227,14 +227,3 @@ def test_inspect_summary(tmp_path):
     assert summary["features"]["per_ok_image"] == {"min": 10, "median": 10.0, "mean": 10.0, "max": 10}
     assert summary["features"]["total"] == 80 and summary["shards"]["complete"] == 2
     assert summary["bytes"]["total"] == sum(p.stat().st_size for p in tmp_path.glob("*.h5"))
-
-
-def test_manifest_differences():
-    a = Manifest(num_shards=2, model_id="m", model_hash="1" * 64, config={"scales": [1.0], "k": 1},
-                 descriptor_dim=40, descriptor_dtype="float32")
-    b = Manifest(num_shards=3, model_id="m", model_hash="2" * 64, config={"scales": [0.5], "k": 1},
-                 descriptor_dim=40, descriptor_dtype="float32")
-    diffs = a.describe_differences(b)
-    assert any(d.startswith("model") for d in diffs)
-    assert "config scales: [1.0] != [0.5]" in diffs and "num_shards: 2 != 3" in diffs
-    assert a.describe_differences(a) == []

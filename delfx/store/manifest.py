@@ -114,18 +114,3 @@ class Manifest:
     def shard_path(self, root: Path, index: int) -> Path:
         """Path of a recorded shard, guaranteed to lie inside `root`."""
         return resolve_inside(Path(root), self.shards[index].file)
-
-    def describe_differences(self, other: "Manifest") -> list[str]:
-        """What differs in model or config between two manifests (for refusing a resume)."""
-        out = []
-        if (self.model_id, self.model_hash) != (other.model_id, other.model_hash):
-            out.append(f"model {self.model_id}@{self.model_hash[:12]} != "
-                       f"{other.model_id}@{other.model_hash[:12]}")
-        for key in sorted(set(self.config) | set(other.config)):
-            a, b = self.config.get(key, "<unset>"), other.config.get(key, "<unset>")
-            if a != b:
-                out.append(f"config {key}: {a!r} != {b!r}")
-        for key in ("num_shards", "descriptor_dim", "descriptor_dtype"):
-            if getattr(self, key) != getattr(other, key):
-                out.append(f"{key}: {getattr(self, key)!r} != {getattr(other, key)!r}")
-        return out
