@@ -436,5 +436,88 @@ def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold
                               "picture": str(out) if out else None}))
 
 
+@cli.command()
+@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--head", type=click.Choice(["pool", "flatten"]), default=None,
+              help="pool: order-invariant (default); flatten: the reference 150 x D bottleneck.")
+@click.option("--units", type=int, default=None)
+@click.option("--blocks", type=int, default=None, help="Dense -> BatchNorm -> activation -> Dropout blocks.")
+@click.option("--activation", default=None)
+@click.option("--dropout", type=float, default=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--min-samples", type=int, default=None, help="Drop classes with fewer images.")
+@click.option("--validation-share", type=float, default=None)
+@click.option("--no-class-weighting", is_flag=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--overwrite", is_flag=True)
+def train(feature_dir: Path, labels_csv: Path, out_dir: Path, overwrite: bool,
+          no_class_weighting: bool, **options) -> None:
+    """Train the bottleneck classifier on FEATURE_DIR with LABELS_CSV (id,landmark_id)."""
+    from delfx.classifier.model import ClassifierConfig
+    from delfx.classifier.train import train_classifier
+    changes = {k: v for k, v in options.items() if v is not None}
+    if no_class_weighting:
+        changes["class_weighting"] = False
+    result = train_classifier(feature_dir, labels_csv, out_dir, ClassifierConfig().replace(**changes),
+                              overwrite=overwrite)
+    click.echo(jsonlib.dumps({"out_dir": str(result.out_dir), "classes": result.num_classes,
+                              "train_images": result.train_images,
+                              "validation_images": result.validation_images,
+                              "val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
+                              "train_samples_per_s": round(result.train_samples_per_s, 1),
+                              "inference_samples_per_s": round(result.inference_samples_per_s, 1)}))
+
+
+@cli.command()
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("gallery_labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("queries", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Kaggle submission CSV (id,landmarks).")
+@click.option("--mode", type=click.Choice(["fused", "classifier", "retrieval"]), default="fused")
+@click.option("--classifier", "classifier_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="From `delfx train` (classifier and fused modes).")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="From `delfx build-index` on GALLERY_DIR (retrieval and fused modes).")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibration JSON to use; with --calibrate, where to write it.")
+@click.option("--calibrate", is_flag=True, help="Fit the calibration first: leave-one-out over "
+              "the labelled gallery (the classifier's validation images in classifier/fused mode).")
+@click.option("--evidence", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON lines with each query's candidates and evidence.")
+@click.option("--min-score", type=float, default=0.0, help="No prediction below this score.")
+@click.option("--top-k", type=int, default=3, help="Classifier proposals verified (fused).")
+def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
+             classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
+             calibrate: bool, evidence: Path | None, min_score: float, top_k: int) -> None:
+    """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
+    from delfx.classifier.pipeline import run_classify
+    summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
+                           classifier_dir=classifier_dir, index_dir=index_dir,
+                           calibration_path=calibration, calibrate=calibrate,
+                           evidence_path=evidence, min_score=min_score, top_k=top_k,
+                           query_records=lambda gallery: _query_records(queries, gallery))
+    click.echo(jsonlib.dumps(summary))
+
+
+@cli.command()
+@click.argument("submission", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.md, report.json and per_class.png here.")
+def evaluate(submission: Path, labels_csv: Path, report_dir: Path | None) -> None:
+    """GAP and top-1 accuracy of a Kaggle-form SUBMISSION against LABELS_CSV (id,landmark_id)."""
+    from delfx.classifier.data import read_labels
+    from delfx.evaluate import evaluate as evaluate_predictions, read_submission, write_report
+    report = evaluate_predictions(read_submission(submission), read_labels(labels_csv))
+    if report_dir is not None:
+        write_report(report, report_dir, title=f"delfx evaluation of {submission.name}")
+    click.echo(jsonlib.dumps({k: v for k, v in report.items() if k != "per_class"}))
+
+
 def main() -> None:
     cli(prog_name="delfx")

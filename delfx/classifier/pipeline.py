@@ -1,0 +1,131 @@
+"""`delfx classify`: load what a mode needs, optionally fit the calibration, recognise queries,
+write the Kaggle submission and the evidence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from delfx.classifier.calibration import Calibration, fit_logistic
+from delfx.classifier.data import read_labels
+from delfx.classifier.recognize import FEATURES, RecognitionConfig, Recognizer
+from delfx.errors import DelfxError
+from delfx.evaluate import write_submission
+from delfx.metrics import Prediction
+from delfx.store import FeatureSet, ImageFeatures
+
+log = logging.getLogger(__name__)
+
+MAX_CALIBRATION_QUERIES = 400
+
+
+def calibration_queries(recognizer: Recognizer, labels: dict[str, str | None],
+                        classifier=None, seed: int = 0) -> list[str]:
+    """Labelled gallery images whose answer the recogniser has not learnt by heart.
+
+    With a classifier, its validation images and the non-landmark gallery images (the
+    classifier's probabilities on its own training images are overconfident); otherwise every
+    labelled gallery image (queried leave-one-out). At most MAX_CALIBRATION_QUERIES, seeded.
+    """
+    ids = list(labels)
+    if classifier is not None:
+        held_out = set(classifier.info.get("data", {}).get("validation_ids", []))
+        if held_out:
+            ids = [i for i in ids if i in held_out or not labels[i]]
+        else:
+            log.warning("the classifier records no validation images: calibrating on its "
+                        "training images (probabilities there are optimistic)")
+    in_gallery = set(recognizer.gallery.image_ids)
+    ids = [i for i in ids if i in in_gallery]
+    if len(ids) > MAX_CALIBRATION_QUERIES:
+        rng = np.random.default_rng(seed)
+        ids = sorted(rng.choice(ids, MAX_CALIBRATION_QUERIES, replace=False).tolist())
+    return ids
+
+
+def fit_calibration(recognizer: Recognizer, labels: dict[str, str | None], ids: list[str]
+                    ) -> Calibration:
+    """Recognise each labelled id leave-one-out with raw scores; learn P(correct | evidence).
+
+    Each query gives its top answer (right or wrong) and, as a negative, the evidence of its
+    best *wrong* landmark: that is what a distractor's top answer looks like, so the model
+    learns to tell them apart even when every top answer of the gallery happens to be right.
+    """
+    raw = Recognizer(recognizer.gallery, recognizer.labels, index=recognizer.index,
+                     classifier=recognizer.classifier, calibration=None, config=recognizer.config)
+    names = FEATURES[raw.config.mode]
+    rows, right = [], []
+    for image_id in ids:
+        scored = raw.scored_candidates(recognizer.gallery.get(image_id), exclude_self=True)
+        truth = labels.get(image_id)
+        if scored:
+            _, top, features = scored[0]
+            rows.append([features[n] for n in names])
+            right.append(int(top.label == truth))
+        wrong = next(((c, f) for _, c, f in scored[1:] if c.label != truth), None)
+        if wrong is not None and scored and scored[0][1].label == truth:
+            rows.append([wrong[1][n] for n in names])
+            right.append(0)
+    log.info("calibration on %d answers (%d right)", len(rows), sum(right))
+    return fit_logistic(np.array(rows), np.array(right), FEATURES[raw.config.mode],
+                        fitted_on={"mode": raw.config.mode, "queries": len(ids)})
+
+
+def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, *,
+                 mode: str = "fused", classifier_dir: Path | None = None,
+                 index_dir: Path | None = None, calibration_path: Path | None = None,
+                 calibrate: bool = False, evidence_path: Path | None = None,
+                 min_score: float = 0.0, top_k: int = 3,
+                 query_records: Callable[[FeatureSet], Iterable[ImageFeatures]] | None = None
+                 ) -> dict[str, Any]:
+    from delfx.index.faiss_index import GalleryIndex, check_compatible
+    from delfx.index.search import SearchConfig, default_threshold
+    gallery = FeatureSet(gallery_dir, require_complete=False)
+    labels = read_labels(gallery_labels)
+    classifier = index = None
+    if mode in ("classifier", "fused"):
+        if classifier_dir is None:
+            raise DelfxError(f"--mode {mode} needs --classifier (from `delfx train`)")
+        from delfx.classifier.model import load_classifier
+        classifier = load_classifier(classifier_dir)
+        classifier.check_features(gallery.manifest)
+    if mode in ("retrieval", "fused"):
+        if index_dir is None:
+            raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
+        index = GalleryIndex(index_dir)
+        check_compatible(index.meta, gallery, index_dir)
+    search = SearchConfig(relative_threshold=default_threshold(gallery.manifest.model_id))
+    config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search)
+    recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config)
+    calibration = None
+    if calibrate:
+        ids = calibration_queries(recognizer, labels, classifier)
+        calibration = fit_calibration(recognizer, labels, ids)
+        if calibration_path is not None:
+            calibration.save(calibration_path)
+    elif calibration_path is not None:
+        calibration = Calibration.load(calibration_path)
+    recognizer = Recognizer(gallery, labels, index=index, classifier=classifier,
+                            calibration=calibration, config=config)
+    predictions, answered, start = [], 0, time.perf_counter()
+    evidence = open(evidence_path, "w") if evidence_path else None
+    try:
+        for query in query_records(gallery):
+            result = recognizer.recognize(query)
+            predictions.append(Prediction(result.query, result.label, result.score))
+            answered += result.label is not None
+            if evidence is not None:
+                evidence.write(json.dumps(result.to_json()) + "\n")
+    finally:
+        if evidence is not None:
+            evidence.close()
+    write_submission(out, predictions)
+    seconds = time.perf_counter() - start
+    return {"out": str(out), "mode": mode, "queries": len(predictions), "answered": answered,
+            "calibrated": calibration is not None, "seconds_per_query":
+                seconds / len(predictions) if predictions else None}

@@ -1,0 +1,209 @@
+"""Landmark recognition for one query: classifier, retrieval, or both fused with verification.
+
+Modes:
+* `classifier`: the network's top class and its probability.
+* `retrieval`: verified nearest gallery images (index search + RANSAC) vote for their landmark;
+  a landmark's evidence is its best-verified gallery image (most inliers).
+* `fused` (default): the classifier's top-k proposals and the retrieval's landmarks, each
+  verified against gallery images of that landmark, re-scored from both sources.
+
+Every mode produces the evidence features of its answer; a Calibration (calibration.py) turns
+them into P(correct), comparable across queries, which is what GAP needs. Without one, raw scores
+are used: inliers (retrieval), probability (classifier), and for `fused`
+0.5 * probability + 0.5 * inliers / (inliers + 20). No candidate (no inliers, no class) means
+"no landmark": an empty prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from delfx.classifier.calibration import Calibration
+from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
+from delfx.index.search import SearchConfig, search_one, vote
+from delfx.store import FeatureSet, ImageFeatures
+
+log = logging.getLogger(__name__)
+
+MODES = ("fused", "classifier", "retrieval")
+FEATURES = {
+    "retrieval": ["log_inliers", "log_margin", "inlier_ratio"],
+    "classifier": ["probability", "probability_margin"],
+    "fused": ["probability", "log_inliers", "log_margin", "inlier_ratio"],
+}
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    mode: str = "fused"
+    top_k: int = 3          # classifier proposals verified in fused mode
+    per_class: int = 5      # gallery images of a proposed landmark that are verified
+    min_score: float = 0.0  # below this (calibrated or raw) score: no prediction
+    search: SearchConfig = SearchConfig()
+
+
+@dataclass
+class Candidate:
+    label: str
+    probability: float = 0.0
+    inliers: int = 0
+    matches: int = 0
+    gallery_id: str | None = None
+
+
+@dataclass
+class Recognition:
+    query: str
+    label: str | None
+    score: float
+    features: dict[str, float] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "label": self.label, "score": self.score,
+                "features": self.features,
+                "candidates": [vars(c) for c in self.candidates[:5]]}
+
+
+class Recognizer:
+    """Recognises query images against a labelled gallery.
+
+    Args:
+        gallery: the gallery feature set (local features of the labelled images).
+        labels: gallery image id -> landmark (None for non-landmark gallery images).
+        index: the gallery's GalleryIndex (retrieval and fused modes).
+        classifier: a loaded classifier (classifier and fused modes) with `.predict(x, mask)`
+            and `.labels` (a LabelMap).
+        calibration: P(correct) model for this mode, or None for raw scores.
+    """
+
+    def __init__(self, gallery: FeatureSet, labels: dict[str, str | None], *, index=None,
+                 classifier=None, calibration: Calibration | None = None,
+                 config: RecognitionConfig = RecognitionConfig()):
+        if config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        if config.mode != "classifier" and index is None:
+            raise ValueError(f"mode {config.mode} needs the gallery index")
+        if config.mode != "retrieval" and classifier is None:
+            raise ValueError(f"mode {config.mode} needs a classifier")
+        if calibration is not None and calibration.names != FEATURES[config.mode]:
+            raise ValueError(f"calibration is for features {calibration.names}, mode "
+                             f"{config.mode} gives {FEATURES[config.mode]}")
+        self.gallery, self.labels, self.index = gallery, labels, index
+        self.classifier, self.calibration, self.config = classifier, calibration, config
+        self._by_label: dict[str, list[str]] = {}
+        for image_id, label in labels.items():
+            if label:
+                self._by_label.setdefault(label, []).append(image_id)
+
+    def _probabilities(self, query: ImageFeatures) -> dict[str, float]:
+        max_features = self.classifier.config.max_features
+        x = np.zeros((1, max_features, query.descriptors.shape[1] if query.num_features else
+                      self.gallery.descriptor_dim), np.float32)
+        mask = np.zeros((1, max_features), np.float32)
+        n = min(query.num_features, max_features)
+        order = np.argsort(-query.scores, kind="stable")[:n]
+        x[0, :n] = query.descriptors[order]
+        mask[0, :n] = 1
+        probs = self.classifier.predict(x, mask)[0]
+        return {label: float(p) for label, p in zip(self.classifier.labels.labels, probs)}
+
+    def _verify_labels(self, query: ImageFeatures, labels: list[str], exclude: str | None,
+                       votes: dict[int, int]) -> dict[str, Candidate]:
+        """Best verified gallery image of each label (the per_class most-voted images)."""
+        pairs, owners = [], []
+        positions = self.index.mapping_positions if self.index is not None else {}
+        for label in labels:
+            members = [m for m in self._by_label.get(label, []) if m != exclude]
+            members.sort(key=lambda m: (-votes.get(positions.get(m, -1), 0), m))
+            for image_id in members[:self.config.per_class]:
+                candidate = self.gallery.get(image_id)
+                matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
+                pairs.append((query.locations, candidate.locations, matches,
+                              {"image_size_b": (candidate.height, candidate.width)}))
+                owners.append((label, image_id))
+        search = self.config.search
+        results = verify_pairs(pairs, workers=search.workers, model=search.model,
+                               relative_threshold=search.relative_threshold, seed=search.seed)
+        best: dict[str, Candidate] = {}
+        for (label, image_id), result in zip(owners, results):
+            if label not in best or result.inliers > best[label].inliers:
+                best[label] = Candidate(label, 0.0, result.inliers, result.num_matches, image_id)
+        return best
+
+    def candidates(self, query: ImageFeatures, exclude_self: bool = False) -> list[Candidate]:
+        """Per-landmark evidence, best first."""
+        mode, by_label = self.config.mode, {}
+        exclude = query.image_id if exclude_self else None
+        votes: dict[int, int] = {}
+        if mode in ("retrieval", "fused") and query.num_features:
+            excluded = {self.index.mapping_positions[exclude]} if exclude in self.index.mapping_positions else set()
+            votes = vote(self.index, query.descriptors, self.config.search, excluded)
+            for result in search_one(query, self.index, self.gallery, self.config.search, exclude_self):
+                label = self.labels.get(result.gallery_id)
+                if label and (label not in by_label or result.inliers > by_label[label].inliers):
+                    by_label[label] = Candidate(label, 0.0, result.inliers, result.matches,
+                                                result.gallery_id)
+        if mode in ("classifier", "fused"):
+            probabilities = self._probabilities(query)
+            proposals = sorted(probabilities, key=lambda l: (-probabilities[l], l))
+            if mode == "fused" and query.num_features:
+                missing = [l for l in proposals[:self.config.top_k] if l not in by_label]
+                by_label.update(self._verify_labels(query, missing, exclude, votes))
+                for label in by_label.values():
+                    label.probability = probabilities.get(label.label, 0.0)
+            else:
+                by_label = {l: Candidate(l, probabilities[l]) for l in proposals[:self.config.top_k]}
+        ranked = sorted(by_label.values(), key=lambda c: (-self._raw(c, by_label), c.label))
+        return ranked
+
+    def _features(self, chosen: Candidate, others: list[Candidate]) -> dict[str, float]:
+        second_inliers = max((c.inliers for c in others), default=0)
+        second_p = max((c.probability for c in others), default=0.0)
+        return {"probability": chosen.probability,
+                "probability_margin": chosen.probability - second_p,
+                "log_inliers": float(np.log1p(chosen.inliers)),
+                "log_margin": float(np.log1p(max(chosen.inliers - second_inliers, 0))),
+                "inlier_ratio": chosen.inliers / max(chosen.matches, 1)}
+
+    def _raw(self, candidate: Candidate, by_label: dict[str, Candidate]) -> float:
+        mode = self.config.mode
+        if mode == "retrieval":
+            return float(candidate.inliers)
+        if mode == "classifier":
+            return candidate.probability
+        return 0.5 * candidate.probability + 0.5 * candidate.inliers / (candidate.inliers + 20.0)
+
+    def scored_candidates(self, query: ImageFeatures, exclude_self: bool = False
+                          ) -> list[tuple[float, Candidate, dict[str, float]]]:
+        """(score, candidate, evidence features) per landmark, best first."""
+        ranked = self.candidates(query, exclude_self)
+        scored = []
+        for c in ranked:
+            features = self._features(c, [o for o in ranked if o is not c])
+            vector = np.array([[features[n] for n in FEATURES[self.config.mode]]])
+            score = (float(self.calibration.score(vector)[0]) if self.calibration is not None
+                     else self._raw(c, {}))
+            scored.append((score, c, features))
+        scored.sort(key=lambda t: (-t[0], t[1].label))
+        return scored
+
+    def recognize(self, query: ImageFeatures, exclude_self: bool = False) -> Recognition:
+        if not query.ok:
+            return Recognition(query.image_id, None, 0.0)
+        scored = self.scored_candidates(query, exclude_self)
+        ranked = [c for _, c, _ in scored]
+        best = scored[0] if scored else None
+        if best is None or (self.config.mode == "retrieval" and best[1].inliers == 0):
+            return Recognition(query.image_id, None, 0.0, {}, ranked)
+        score, candidate, features = best
+        label = candidate.label if score >= self.config.min_score else None
+        return Recognition(query.image_id, label, score if label else 0.0,
+                           {k: features[k] for k in FEATURES[self.config.mode]}, ranked)
+
+    def evidence_vector(self, recognition: Recognition) -> np.ndarray:
+        return np.array([recognition.features[n] for n in FEATURES[self.config.mode]])

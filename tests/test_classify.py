@@ -1,0 +1,83 @@
+"""End to end on sample data: extract -> build-index -> train -> classify (every mode) -> evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from delfx.cli import cli
+from delfx.classifier.calibration import Calibration, fit_logistic
+from delfx.errors import DelfxError
+
+pytestmark = pytest.mark.slow
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(sample_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("classify")
+    data = sample_dataset.root
+    for split in ("train", "query"):
+        ids = {row["id"] for row in csv.DictReader(open(data / f"{split}.csv"))}
+        rows = [i for i in sample_dataset.images if i.id in ids]
+        (root / f"{split}_list.csv").write_text(
+            "id,path\n" + "".join(f"{i.id},{data / i.path}\n" for i in rows))
+    common = ["--model", "rootsift", "--max-side", "320", "--no-ray"]
+    _invoke("extract", root / "train_list.csv", root / "gallery", "--shards", "2", *common)
+    _invoke("extract", root / "query_list.csv", root / "queries", "--shards", "1", *common)
+    _invoke("build-index", root / "gallery", root / "index")
+    _invoke("train", root / "gallery", data / "train.csv", root / "classifier", "--epochs", "60",
+            "--validation-share", "0.25", "--seed", "0")
+    return root
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "classifier", "fused"])
+def test_every_mode_end_to_end(sample_dataset, pipeline, mode):
+    root, data = pipeline, sample_dataset.root
+    out, evidence, calibration = (root / f"{mode}.csv", root / f"{mode}.jsonl",
+                                  root / f"{mode}_calibration.json")
+    summary = json.loads(_invoke("classify", root / "gallery", data / "train.csv", root / "queries",
+                                 "--out", out, "--mode", mode, "--classifier", root / "classifier",
+                                 "--index", root / "index", "--calibrate", "--calibration",
+                                 calibration, "--evidence", evidence))
+    assert summary["queries"] == sum(1 for i in sample_dataset.images if i.split == "query")
+    assert summary["calibrated"] and Calibration.load(calibration).names
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == summary["queries"]
+    for row in rows:  # Kaggle form: "label score" or empty
+        if row["landmarks"]:
+            label, score = row["landmarks"].split(" ")
+            assert 0.0 <= float(score) <= 1.0
+    lines = [json.loads(line) for line in open(evidence)]
+    assert len(lines) == len(rows) and all("candidates" in line for line in lines)
+    report = json.loads(_invoke("evaluate", out, data / "query.csv", "--report", root / f"report_{mode}"))
+    print(mode, report)
+    assert (root / f"report_{mode}" / "report.md").is_file()
+    assert (root / f"report_{mode}" / "per_class.png").is_file()
+    floor = {"retrieval": 0.9, "fused": 0.9, "classifier": 0.3}[mode]
+    assert report["top1"] >= floor and report["gap"] >= floor * 0.8
+
+
+def test_calibration_fit_and_refusals(tmp_path):
+    rng = np.random.default_rng(0)
+    good = rng.normal(3, 1, (50, 2))
+    bad = rng.normal(0, 1, (50, 2))
+    model = fit_logistic(np.vstack([good, bad]), np.r_[np.ones(50), np.zeros(50)], ["a", "b"])
+    assert model.score(np.array([[4.0, 4.0]]))[0] > 0.95 > 0.05 > model.score(np.array([[-1.0, -1.0]]))[0]
+    model.save(tmp_path / "c.json")
+    again = Calibration.load(tmp_path / "c.json")
+    np.testing.assert_allclose(again.score(good), model.score(good))
+    with pytest.raises(DelfxError, match="both right and wrong"):
+        fit_logistic(good, np.ones(50), ["a", "b"])
+    (tmp_path / "bad.json").write_text('{"format": "x"}')
+    with pytest.raises(DelfxError, match="unknown calibration"):
+        Calibration.load(tmp_path / "bad.json")

@@ -1,0 +1,178 @@
+"""benchmarks/eval_local_features.py: the metrics by hand, and the model ordering on real photos.
+
+The metric tests (GAP, AUC, leave-one-out predictions) are fast and need no data. The shared-data
+test extracts a small subset of ../shared/data/landmarks-dev with RootSIFT, the bundled-weight
+delf-vgg16 and the same network with random weights, and checks the orderings the full benchmark
+reports: the bundled weights separate same-landmark pairs from the rest clearly better than
+random weights, and RootSIFT separates them well.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import eval_local_features as ev
+
+# --------------------------------------------------------------------------------------------
+# GAP (Kaggle GLR definition), worked by hand
+# --------------------------------------------------------------------------------------------
+
+
+def test_gap_all_correct_is_one():
+    truth = {"q1": "a", "q2": "b"}
+    assert ev.gap({"q1": ("a", 3.0), "q2": ("b", 1.0)}, truth) == pytest.approx(1.0)
+
+
+def test_gap_wrong_prediction_lowers_precision_of_those_below():
+    # sorted: q1 (9, right) P=1/1, q3 (7, wrong: shows no landmark), q2 (5, right) P=2/3
+    truth = {"q1": "a", "q2": "b", "q3": None}
+    predictions = {"q1": ("a", 9.0), "q2": ("b", 5.0), "q3": ("c", 7.0)}
+    assert ev.gap(predictions, truth) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_gap_wrong_label_on_landmark_query():
+    # q2 predicts the wrong landmark with the top score: q1 is right at rank 2 -> 1/2, M = 2
+    truth = {"q1": "a", "q2": "b"}
+    assert ev.gap({"q1": ("a", 1.0), "q2": ("a", 2.0)}, truth) == pytest.approx(0.25)
+
+
+def test_gap_ties_are_broken_by_query_id_not_input_order():
+    truth = {"q1": "a", "q2": "b"}
+    # q1 (right) sorts before q2 (wrong) at equal score: P(1) = 1 -> GAP 1/2
+    first = {"q2": ("x", 5.0), "q1": ("a", 5.0)}
+    second = {"q1": ("a", 5.0), "q2": ("x", 5.0)}
+    assert ev.gap(first, truth) == ev.gap(second, truth) == pytest.approx(0.5)
+    # the other way round q2 (right) follows q1 (wrong): P(2) = 1/2 -> 1/4
+    assert ev.gap({"q1": ("x", 5.0), "q2": ("b", 5.0)}, truth) == pytest.approx(0.25)
+
+
+def test_gap_empty_and_missing_predictions():
+    truth = {"q1": "a", "q2": "b", "n1": None}
+    assert ev.gap({}, truth) == 0.0
+    assert ev.gap({"q1": None, "q2": None, "n1": None}, truth) == 0.0
+    # a landmark query without prediction still counts in M
+    assert ev.gap({"q1": ("a", 1.0)}, truth) == pytest.approx(0.5)
+
+
+def test_gap_non_landmark_query_with_prediction_counts_as_wrong():
+    truth = {"n1": None, "q1": "a"}
+    # n1 ranked first is wrong; q1 right at rank 2 -> (1/2) / M=1
+    assert ev.gap({"n1": ("a", 10.0), "q1": ("a", 1.0)}, truth) == pytest.approx(0.5)
+    # ranked last it costs nothing
+    assert ev.gap({"n1": ("a", 0.5), "q1": ("a", 1.0)}, truth) == pytest.approx(1.0)
+
+
+def test_gap_refuses_undefined_cases():
+    with pytest.raises(ValueError):
+        ev.gap({"n1": ("a", 1.0)}, {"n1": None})  # no landmark query: M = 0
+    with pytest.raises(ValueError):
+        ev.gap({"zz": ("a", 1.0)}, {"q1": "a"})  # prediction for an unknown query
+
+
+# --------------------------------------------------------------------------------------------
+# AUC, pairs, leave-one-out
+# --------------------------------------------------------------------------------------------
+
+
+def test_auc_rank_formula_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 12, 40), rng.integers(0, 9, 70)  # many ties, like inlier counts
+    expected = roc_auc_score(np.r_[np.ones(40), np.zeros(70)], np.r_[pos, neg])
+    assert ev.auc(pos, neg) == pytest.approx(expected, abs=1e-12)
+    assert ev.auc([5, 6], [1, 2]) == 1.0
+    assert ev.auc([1, 2], [5, 6]) == 0.0
+    assert ev.auc([3, 3], [3]) == 0.5
+    with pytest.raises(ValueError):
+        ev.auc([], [1])
+
+
+def test_pair_labels_skip_non_landmark_pairs():
+    pairs, labels = ev.pair_labels(["a", "a", "b", None, None])
+    got = {tuple(p): int(l) for p, l in zip(pairs.tolist(), labels)}
+    assert got[(0, 1)] == 1 and got[(0, 2)] == 0 and got[(2, 3)] == 0
+    assert (3, 4) not in got  # two non-landmark photos: neither positive nor sure negative
+    assert len(got) == 10 - 1 and labels.sum() == 1
+
+
+def test_loo_retrieval_on_a_hand_made_matrix():
+    ids = ["a1", "a2", "b1", "b2", "n1"]
+    landmarks = ["a", "a", "b", "b", None]
+    m = np.array([[-1, 30, 5, 5, 2],
+                  [30, -1, 4, 4, 40],   # a2's best match is the distractor n1: no prediction
+                  [5, 4, -1, 0, 9],     # b1 -> n1 too
+                  [5, 4, 0, -1, 0],     # b2: 5 inliers with a1 (tie with nothing): wrong "a"
+                  [2, 40, 9, 0, -1]])   # n1 (no landmark) -> a2's "a" with 40: a false alarm
+    r = ev.loo_retrieval(m, ids, landmarks)
+    p = r["predictions"]
+    assert p["a1"] == ["a", 30.0] and p["a2"] is None and p["b1"] is None
+    assert p["b2"] == ["a", 5.0] and p["n1"] == ["a", 40.0]
+    assert r["top1"] == pytest.approx(1 / 4)
+    assert r["non_landmark_queries_with_prediction"] == 1
+    # sorted: n1 40 (wrong), a1 30 (right, P=1/2), b2 5 (wrong) -> (1/2) / 4
+    assert r["gap"] == pytest.approx(0.125)
+    zero = np.where(np.eye(5, dtype=bool), -1, 0)
+    assert all(v is None for v in ev.loo_retrieval(zero, ids, landmarks)["predictions"].values())
+
+
+def test_select_subset_is_deterministic_and_takes_distinct_non_landmark_scenes():
+    photos = [ev.Photo(f"s/{k}/{i}.jpg", "", k) for k in ("x", "y", "z") for i in range(3)]
+    photos += [ev.Photo(f"n/{s}/{i}.png", "", None) for s in ("p", "q", "r") for i in (1, 2)]
+    chosen = ev.select_subset(photos, landmarks=2, per_landmark=2, non_landmarks=2)
+    assert [p.image_id for p in chosen] == ["s/x/0.jpg", "s/x/1.jpg", "s/y/0.jpg", "s/y/1.jpg",
+                                            "n/p/1.png", "n/q/1.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# Real photos (../shared/data)
+# --------------------------------------------------------------------------------------------
+
+MAX_SIDE = 320
+
+
+@pytest.fixture(scope="module")
+def subset_results(shared_data):
+    """Separation on a small subset for RootSIFT, delf-vgg16 (hed) and its random-weight twin."""
+    from delfx.config import PRESETS, ExtractConfig
+    from delfx.inputs import ImageItem
+    photos = ev.select_subset(ev.load_photos(shared_data), landmarks=5, per_landmark=3,
+                              non_landmarks=2)
+    ids = [p.image_id for p in photos]
+    landmarks = [p.landmark for p in photos]
+    items = [ImageItem(p.image_id, p.path) for p in photos]
+    fast = PRESETS["fast"].replace(model="delf-vgg16", max_side=MAX_SIDE)
+    specs = {
+        "rootsift": ev.ModelSpec("rootsift", ExtractConfig(model="rootsift", max_side=MAX_SIDE),
+                                 ev.SIFT_THRESHOLD_PX),
+        "hed": ev.ModelSpec("hed", fast, ev.CELL_THRESHOLD_PX),
+        "random": ev.ModelSpec("random", fast, ev.CELL_THRESHOLD_PX, random_weights=True,
+                               pca_sample=(3, 1, 2, MAX_SIDE)),
+    }
+    out = {}
+    for name, spec in specs.items():
+        model, post_pca, _ = ev.build_model(spec)
+        extracted = ev.extract_all(model, items, post_pca)
+        assert not extracted.failed
+        inliers = ev.pair_inliers(extracted.features, ids, spec.config, spec.threshold_px)
+        out[name] = {"separation": ev.separation(inliers, landmarks),
+                     "retrieval": ev.loo_retrieval(inliers, ids, landmarks),
+                     "features": extracted.features if name == "rootsift" else None}
+    print({k: round(v["separation"]["auc"], 3) for k, v in out.items()})
+    return out
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_bundled_weights_separate_far_better_than_random(subset_results):
+    hed = subset_results["hed"]["separation"]["auc"]
+    random = subset_results["random"]["separation"]["auc"]
+    assert hed >= random + MARGIN, (hed, random)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_rootsift_separates_landmark_pairs(subset_results):
+    sep = subset_results["rootsift"]["separation"]
+    assert sep["auc"] > 0.7, sep
+    assert sep["pos_mean"] > sep["neg_mean"]
