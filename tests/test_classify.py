@@ -81,3 +81,14 @@ def test_calibration_fit_and_refusals(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "x"}')
     with pytest.raises(DelfxError, match="unknown calibration"):
         Calibration.load(tmp_path / "bad.json")
+
+
+def test_calibration_refused_without_held_out_images(sample_dataset, pipeline):
+    root, data = pipeline, sample_dataset.root
+    _invoke("train", root / "gallery", data / "train.csv", root / "no_validation", "--epochs", "3",
+            "--validation-share", "0")
+    result = CliRunner().invoke(cli, ["classify", str(root / "gallery"), str(data / "train.csv"),
+                                      str(root / "queries"), "--out", str(root / "x.csv"),
+                                      "--mode", "fused", "--classifier", str(root / "no_validation"),
+                                      "--index", str(root / "index"), "--calibrate"])
+    assert result.exit_code == 1 and "without validation images" in result.output

@@ -35,11 +35,13 @@ def calibration_queries(recognizer: Recognizer, labels: dict[str, str | None],
     ids = list(labels)
     if classifier is not None:
         held_out = set(classifier.info.get("data", {}).get("validation_ids", []))
-        if held_out:
-            ids = [i for i in ids if i in held_out or not labels[i]]
-        else:
-            log.warning("the classifier records no validation images: calibrating on its "
-                        "training images (probabilities there are optimistic)")
+        if not held_out:
+            # Its probabilities on its own training images are near 1: a calibration fitted
+            # there learns to trust the classifier far too much (measured: fused GAP 0.26 -> 0.23).
+            raise DelfxError("the classifier was trained without validation images, so nothing "
+                             "is left to calibrate its probabilities on: retrain with "
+                             "--validation-share > 0, or classify without --calibrate")
+        ids = [i for i in ids if i in held_out or not labels[i]]
     in_gallery = set(recognizer.gallery.image_ids)
     ids = [i for i in ids if i in in_gallery]
     if len(ids) > MAX_CALIBRATION_QUERIES:
