@@ -3,8 +3,9 @@
 For each gallery size, in one run and on the same vectors:
 
 * build time, train and add apart, and bytes of the serialised index (``faiss.write_index``),
-  for the factory delfx's ``auto_factory`` picks and for exact ``Flat``; next to it the bytes
-  ``estimate_bytes`` predicts (the figure build_index checks against free memory);
+  for the factory delfx's ``auto_factory`` picks (configured as ``build_index`` does: FAISS's
+  polysemous training off; up to 1e6 also timed with it on) and for exact ``Flat``; next to it
+  the bytes ``estimate_bytes`` predicts (the figure build_index checks against free memory);
 * search time of 1000 queries (k=10) and queries/s for IVF-PQ at nprobe 8, 16, 32 and Flat;
 * recall of IVF-PQ against the exact Flat results: recall@1 (same top-1 id) and recall@10
   (mean overlap of the two top-10 id sets / 10), plus "NN in top-10" (exact top-1 among the
@@ -16,9 +17,10 @@ The data imitates ../shared/MEASURED.md: unit vectors drawn around 1000 (<= 1e6)
 (1e7) random centres on the sphere, and queries drawn close to random gallery points, so the
 exact nearest neighbour of a query is (almost always) its source point and recall is meaningful.
 Everything is seeded. Vectors are generated and added in chunks of 2^20, so 1e7 needs the Flat
-index (1.6 GB) plus a chunk; only the sizes where cKDTree runs keep the whole array.
+index (1.6 GB) plus a chunk; only the sizes where cKDTree runs keep the whole array. (The
+process peak at 1e7 is still ~4 GB: IndexFlat's code vector doubles its capacity while growing.)
 
-    python -m benchmarks.bench_index                    # 1e6 and 1e7, several minutes
+    python -m benchmarks.bench_index                    # 1e6 and 1e7: ~40 min on 2 busy cores
     python -m benchmarks.bench_index --quick            # 1e5 only, < 1 min
     python -m benchmarks.bench_index --sizes 1e6 --json out.json
 
@@ -112,15 +114,27 @@ def train_size_for(index, num_vectors: int) -> int:
     return min(num_vectors, max(64 * nlist, 100_000), 1_000_000)
 
 
-# --quick: training the auto factory's PQ20 takes 40-70 s here even on 40k vectors: 20 k-means
-# of 256 centroids in 2-d (~1 s each, distance-count bound), then FAISS's polysemous training
-# (index_factory turns it on for "PQ<m>" without the "np" suffix), which doubles it. So the smoke
-# run uses a small IVF without polysemous training, on the smallest sample FAISS accepts without
-# a warning (39 points per list); the full run measures the real factory.
-QUICK_FACTORY, QUICK_TRAIN_SIZE = "IVF256,PQ20np", 10_000
-# Up to this size the same factory is also trained with the "np" suffix, to show what
-# polysemous training (unused by delfx's search) costs.
+# --quick: PQ20 training takes 20-40 s here even on 40k vectors (20 k-means of 256 centroids in
+# 2-d, ~1 s each: distance-count bound, not flops), so the smoke run uses a small IVF on the
+# smallest sample FAISS accepts without a warning (39 points per list); the full run measures
+# the real factory.
+QUICK_FACTORY, QUICK_TRAIN_SIZE = "IVF256,PQ20", 10_000
+# Up to this size (not with --quick) the same factory is also trained with FAISS's polysemous
+# training left on (index_factory's default for "PQ<m>" without "np"; build_index turns it off),
+# to show what it would cost.
 POLYSEMOUS_COMPARE_MAX = 1_000_000
+
+
+def delfx_ivfpq(factory: str):
+    """faiss.index_factory(DIM, factory) configured as delfx's build_index configures it:
+    polysemous training off (delfx never searches with polysemous codes)."""
+    import faiss
+    index = faiss.index_factory(DIM, factory)
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(ivf) if ivf is not None else None
+    if inner is not None and hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+    return index
 
 
 def serialised_bytes(index, folder: Path) -> int:
@@ -173,7 +187,8 @@ def _search_stats(t: dict[str, float]) -> dict[str, Any]:
 
 
 def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: bool,
-             factory: str | None = None, train_size: int | None = None) -> dict[str, Any]:
+             factory: str | None = None, train_size: int | None = None,
+             compare_polysemous: bool = False) -> dict[str, Any]:
     """Build Flat and IVF-PQ over `num_vectors` synthetic vectors, search, compare.
 
     Args:
@@ -184,6 +199,7 @@ def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: b
         kdtree: also run cKDTree on the same data (keeps the whole array in memory).
         factory: IVF-PQ factory string (default: ivfpq_factory(num_vectors)).
         train_size: IVF-PQ training vectors (default: as build_index chooses).
+        compare_polysemous: also time training with FAISS's polysemous training on.
 
     Returns:
         a JSON-ready dict of the figures for this size.
@@ -196,7 +212,7 @@ def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: b
     auto = auto_factory(num_vectors, DIM)
     factory = factory or ivfpq_factory(num_vectors)
     flat = faiss.IndexFlatL2(DIM)
-    ivfpq = faiss.index_factory(DIM, factory)
+    ivfpq = delfx_ivfpq(factory)
     train_size = min(num_vectors, train_size or train_size_for(ivfpq, num_vectors))
 
     # Queries: noisy copies of random gallery points, picked while the stream goes by.
@@ -206,7 +222,7 @@ def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: b
     kept = [] if kdtree else None
 
     flat_add = ivf_add = ivf_train = generate = 0.0
-    train_np: float | None = None
+    polysemous: dict[str, float] | None = None
     buffered: list[np.ndarray] = []  # chunks waiting for IVF-PQ training (at most ~1M vectors)
     have = 0
     t0 = time.perf_counter()
@@ -229,12 +245,8 @@ def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: b
                 t = time.perf_counter()
                 ivfpq.train(sample)
                 ivf_train = time.perf_counter() - t
-                if num_vectors <= POLYSEMOUS_COMPARE_MAX and not factory.endswith("np"):
-                    twin = faiss.index_factory(DIM, factory + "np")
-                    t = time.perf_counter()
-                    twin.train(sample)
-                    train_np = time.perf_counter() - t
-                    del twin
+                if compare_polysemous and not factory.endswith("np"):
+                    polysemous = _polysemous_cost(factory, sample, ivf_train)
                 del sample
                 for b in buffered:
                     t = time.perf_counter()
@@ -286,11 +298,11 @@ def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: b
                  "bytes_per_vector": sizes["Flat"] / num_vectors,
                  "estimate_bytes": estimate_bytes("Flat", num_vectors, DIM),
                  "search": flat_t},
-        "ivfpq": {"train_s": ivf_train, "train_without_polysemous_s": train_np,
+        "ivfpq": {"train_s": ivf_train, "polysemous_compare": polysemous,
                   "add_s": ivf_add, "bytes": sizes[factory],
                   "bytes_per_vector": sizes[factory] / num_vectors,
-                  # estimate_bytes cannot parse "PQ20np" (ValueError); the "np" suffix changes
-                  # nothing in memory, so the estimate of the plain factory is the right one.
+                  # estimate_bytes cannot parse "PQ20np" (ValueError, e.g. with --factory); the
+                  # "np" suffix changes nothing in memory, so the plain factory's estimate holds.
                   "estimate_bytes": estimate_bytes(factory.removesuffix("np"), num_vectors, DIM),
                   "nprobe": probes},
         "memory_after_build": memory_after_build,
@@ -317,6 +329,25 @@ def run_size(num_vectors: int, repeats: int, seed: int, workdir: Path, kdtree: b
     result["memory_peak"] = rss_bytes()["peak_rss"]
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     return result
+
+
+def _polysemous_cost(factory: str, sample: np.ndarray, first_off_s: float) -> dict[str, float]:
+    """Training time with polysemous training off (as build_index) and on (FAISS's default).
+
+    Off-on-on-off on the same sample, the first "off" being the build itself (first_off_s):
+    FAISS's OpenMP training slows down several-fold when other jobs take a core, so a single
+    off/on pair measured a minute apart can say the opposite of the truth; the symmetric order
+    cancels a linear drift of the load.
+    """
+    import faiss
+    times = {"off": [first_off_s], "on": []}
+    for mode in ("on", "on", "off"):
+        index = faiss.index_factory(DIM, factory) if mode == "on" else delfx_ivfpq(factory)
+        start = time.perf_counter()
+        index.train(sample)
+        times[mode].append(time.perf_counter() - start)
+    return {"off_s": float(np.mean(times["off"])), "on_s": float(np.mean(times["on"])),
+            "off_runs": times["off"], "on_runs": times["on"]}
 
 
 def _kdtree(data: np.ndarray, queries: np.ndarray, exact: np.ndarray) -> dict[str, Any]:
@@ -370,10 +401,12 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
          f"({flat['search']['queries_per_s']:,.0f} q/s); exact top-1 = source point "
          f"{r['exact_top1_is_source']:.3f}"),
     ]
-    if ivf["train_without_polysemous_s"] is not None:
-        rows.append((f"[{tag}] same, {r['ivfpq_factory']}np",
-                     f"train {ivf['train_without_polysemous_s']:.2f} s (no polysemous training, "
-                     f"which delfx's search never uses)"))
+    if ivf["polysemous_compare"] is not None:
+        pc = ivf["polysemous_compare"]
+        rows.append((f"[{tag}] polysemous training",
+                     f"train off {pc['off_s']:.1f} s vs on {pc['on_s']:.1f} s (FAISS's default for "
+                     f"'{r['ivfpq_factory']}'; build_index turns it off; means of an "
+                     f"off-on-on-off sequence)"))
     for p, s in ivf["nprobe"].items():
         rows.append((f"[{tag}] IVF-PQ nprobe {p}",
                      f"{s['ms_per_1000_queries']:,.1f} ms / 1000 queries ({s['queries_per_s']:,.0f} "
@@ -423,7 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="delfx-bench-index-") as workdir:
         for n in args.sizes:
             sizes[str(n)] = run_size(n, args.repeats, args.seed, Path(workdir), kdtree=n == kd_size,
-                                     factory=args.factory, train_size=args.train_size)
+                                     factory=args.factory, train_size=args.train_size,
+                                     compare_polysemous=not args.quick
+                                     and n <= POLYSEMOUS_COMPARE_MAX)
     results = {"params": {"sizes": args.sizes, "dim": DIM, "k": K, "queries": NUM_QUERIES,
                           "nprobes": list(NPROBES), "repeats": args.repeats, "seed": args.seed,
                           "factory": args.factory or "auto", "train_size": args.train_size or "auto",
