@@ -20,7 +20,7 @@ Everything is seeded. Vectors are generated and added in chunks of 2^20, so 1e7 
 index (1.6 GB) plus a chunk; only the sizes where cKDTree runs keep the whole array. (The
 process peak at 1e7 is still ~4 GB: IndexFlat's code vector doubles its capacity while growing.)
 
-    python -m benchmarks.bench_index                    # 1e6 and 1e7: ~40 min on 2 busy cores
+    python -m benchmarks.bench_index                    # 1e6 and 1e7: ~12 min (~40 with other jobs running)
     python -m benchmarks.bench_index --quick            # 1e5 only, < 1 min
     python -m benchmarks.bench_index --sizes 1e6 --json out.json
 
