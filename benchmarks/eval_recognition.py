@@ -55,12 +55,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.common import emit
-from benchmarks.eval_retrieval import Photo, load_photos, quick_subset, resolve_data_dir
+from benchmarks.eval_retrieval import Photo, extract, load_photos, quick_subset, resolve_data_dir
 from delfx.errors import DelfxError
 from delfx.config import ExtractConfig
 
 MAX_SIDE = 512
-NUM_SHARDS = 2
 FOLDS = 3
 MODES = ("retrieval", "classifier", "fused")
 KINDS = ("raw", "calibrated")
@@ -90,21 +89,6 @@ def make_folds(photos: Sequence[Photo], folds: int = FOLDS) -> list[dict[str, An
             gallery += [m for i, m in enumerate(members) if i != f]
         out.append({"fold": f, "queries": queries + distractors, "gallery": gallery})
     return out
-
-
-def extract(photos: Sequence[Photo], config: ExtractConfig, out_dir: Path) -> dict[str, Any]:
-    from delfx.extractor.executors import InProcessExecutor
-    from delfx.extractor.job import run_extraction
-    from delfx.inputs import ImageItem
-    items = [ImageItem(p.image_id, p.path) for p in photos]
-    summary = run_extraction(items, config, out_dir, NUM_SHARDS, InProcessExecutor(config),
-                             progress=False)
-    if summary.shards_failed:
-        raise RuntimeError(f"extraction failed for shards {summary.shards_failed}")
-    return {"model_id": summary.model["id"], "seconds": summary.seconds,
-            "seconds_per_image": summary.seconds / max(summary.images_processed, 1),
-            "ok": summary.ok, "failed_by_reason": summary.failed_by_reason,
-            "features_per_image": summary.features / max(summary.ok, 1)}
 
 
 def write_subset(full, ids: Sequence[str], out_dir: Path) -> None:

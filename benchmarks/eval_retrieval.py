@@ -62,20 +62,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from benchmarks.common import emit
+from benchmarks.eval_local_features import Photo, load_photos, resolve_data_dir
 from delfx.config import PRESETS, ExtractConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_SIDE = 512
 NUM_SHARDS = 2  # more than one, so the feature set and the index mapping span shards
-
-
-@dataclass(frozen=True)
-class Photo:
-    """A labelled photo of landmarks-dev; landmark None = shows no landmark."""
-
-    image_id: str
-    path: str
-    landmark: str | None
 
 
 @dataclass(frozen=True)
@@ -100,21 +92,6 @@ def default_specs(quick: bool = False, max_side: int = MAX_SIDE) -> list[ModelSp
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-
-def resolve_data_dir(data: Path | None) -> Path:
-    """--data, else $DELFX_SHARED_DATA, else ../shared/data next to the project."""
-    if data is not None:
-        return Path(data)
-    return Path(os.environ.get("DELFX_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
-
-
-def load_photos(data_dir: Path) -> list[Photo]:
-    """All photos of landmarks-dev/labels.csv, in file order (empty landmark -> None)."""
-    root = Path(data_dir) / "landmarks-dev"
-    with open(root / "labels.csv", newline="", encoding="utf-8") as handle:
-        return [Photo(row["image"], str(root / row["image"]), (row["landmark"] or "").strip() or None)
-                for row in csv.DictReader(handle)]
-
 
 def quick_subset(photos: Sequence[Photo], landmarks: int = 8, per_landmark: int = 3,
                  non_landmarks: int = 8) -> list[Photo]:
