@@ -22,8 +22,13 @@ test: $(STAMP)
 quickstart: $(STAMP)
 	bash scripts/quickstart.sh $(BIN)
 
+# Every benchmark stage at CI sizes (minutes); figures printed, never asserted on the clock.
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks.bench_store --quick
+	$(BIN)/python -m benchmarks --quick --out bench-results/quick
+
+# The full report (about an hour on 2 cores): results in bench-results/full, report in docs/.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --out bench-results/full --markdown docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) quickstart .pytest_cache
+	rm -rf $(VENV) quickstart .pytest_cache bench-results

@@ -27,7 +27,18 @@ def machine_facts() -> dict[str, Any]:
     from delfx.versions import library_versions
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "gpu": _gpu_present(), "versions": library_versions(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            # Other work on the machine skews absolute times (ratios within a run survive it).
+            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "memory_gib": _memory_gib()}
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return round(pages * page_size / 2**30, 1)
 
 
 def _gpu_present() -> bool:
@@ -48,6 +59,22 @@ def timed(fn: Callable[[], Any], repeats: int = 3, setup: Callable[[], Any] | No
             "repeats": repeats}
 
 
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays, Paths: what the stages' results may hold besides plain types."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -60,6 +87,9 @@ def emit(name: str, results: dict[str, Any], table: list[tuple[str, str]], out: 
         print(f"{key.ljust(width)}  {value}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"benchmark": name, "machine": machine_facts(), **results},
-                                  indent=2, sort_keys=True) + "\n")
+        # The printed table travels with the figures so `python -m benchmarks report` can render
+        # any stage's section without knowing its keys.
+        document = {"benchmark": name, "machine": machine_facts(), **results,
+                    "table": [[key, value] for key, value in table]}
+        out.write_text(json.dumps(document, indent=2, sort_keys=True, default=_jsonable) + "\n")
         print(f"(JSON written to {out})", file=sys.stderr)

@@ -1,0 +1,381 @@
+"""Render a results folder of `python -m benchmarks` as Markdown with PNG plots.
+
+The report opens with the machine facts and a side-by-side table (every comparison as a ratio
+measured within one run), then one section per stage: the command, what it measures, the
+stage's own table, its plots, and the stage's wall time and peak memory.
+
+The headline lines and plots read the stages' JSON keys. A key that moved is reported as a
+problem (in the report and in the return value, which makes `python -m benchmarks` exit 1), so
+the CI run of the quick suite catches a report that silently lost a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+Headline = list[tuple[str, str]]
+
+
+# --------------------------------------------------------------------------------------------
+# Side-by-side headline figures, per stage
+# --------------------------------------------------------------------------------------------
+
+def _store(d: dict) -> Headline:
+    r, s = d["ratios"], d["store"]
+    return [("feature store: full scan, sharded HDF5 vs one .npz per image",
+             f"x{r['scan_per_image_npz_over_store']:.1f} faster ({s['scan_images_per_s']:,.0f} images/s)"),
+            ("feature store: padded (N,150,40) batches vs .npz",
+             f"x{r['padded_per_image_npz_over_store']:.1f} faster")]
+
+
+def _extract(d: dict) -> Headline:
+    rows = {(r["model"], r["preset"], tuple(sorted(r["overrides"].items()))): r for r in d["rows"]}
+    seed = rows[("delf-vgg16", "seed128", ())]
+    bf16 = rows[("delf-vgg16", "seed128", (("precision", "bfloat16"),))]
+    root = rows[("rootsift", "seed128", ())]
+    b = d["batched_vs_signature"]
+    return [("extraction, delf-vgg16 seed128 (reference 5-10 s/100 images)",
+             f"{seed['s_per_100']:.1f} s/100 images (bf16 {bf16['s_per_100']:.1f}); "
+             f"rootsift {root['s_per_100']:.1f}"),
+            ("extraction: batched vs official signature one image at a time",
+             f"x{b['speedup']:.2f} faster")]
+
+
+def _scaling(d: dict) -> Headline:
+    out = []
+    for m in d["models"]:
+        out.append((f"scaling, {m['model']} {m['preset']}: time linear in images, memory flat",
+                    f"R^2 {m['time_fit']['r2']:.3f}, {m['s_per_100_marginal']:.1f} s/100 marginal; "
+                    f"peak RSS max/min {m['rss_max_over_min']:.2f}"))
+    return out
+
+
+def _roofline(d: dict) -> Headline:
+    q = d["bf16_quality"]
+    share = d["share_of_matmul"]
+    return [("backbone effective GFLOP/s vs this machine's matmul (fp32 / bf16)",
+             f"{100 * share['float32']:.0f}% / {100 * share['bfloat16']:.0f}%"),
+            ("bf16 vs fp32: extraction speed, correct inliers",
+             f"x{q['speedup_bf16']:.2f} faster, x{q['correct_inliers_ratio_bf16']:.2f} correct inliers")]
+
+
+def _ray(d: dict) -> Headline:
+    r = d["ratios"]
+    out = [("Ray job vs in-process (same job, start-up included)", f"x{r['ray_over_in_process']:.2f} time")]
+    if r.get("naive_over_ray") is not None:
+        out.append(("naive per-image loop vs Ray job", f"x{r['naive_over_ray']:.2f} slower"))
+    return out
+
+
+def _verify(d: dict) -> Headline:
+    methods = d["methods"]
+    ours = methods["delfx verify_pair affine"]
+    theirs = next(v for k, v in methods.items() if k.startswith("skimage"))
+    return [("geometric verification: delfx (OpenCV) vs scikit-image RANSAC",
+             f"x{theirs['ms_per_pair'] / ours['ms_per_pair']:,.0f} faster "
+             f"({ours['ms_per_pair']:.3f} ms/pair)")]
+
+
+def _index(d: dict) -> Headline:
+    out = []
+    for size, s in sorted(d["sizes"].items(), key=lambda kv: int(kv[0])):
+        q16 = s["ivfpq"]["nprobe"]["16"]
+        text = f"{q16['ms_per_1000_queries']:.0f} ms/1000 queries, recall@1 {q16['recall_at_1']:.3f}"
+        ratio = s.get("ratios", {}).get("kdtree_w1_query_over_ivfpq_nprobe16")
+        if ratio is not None:
+            text += f"; x{ratio:.0f} faster than cKDTree"
+        out.append((f"FAISS {s['ivfpq_factory']} nprobe 16 over {int(size):,} vectors", text))
+    return out
+
+
+def _classify(d: dict) -> Headline:
+    return [(f"classifier ({h['head']} head): batched vs per-image inference",
+             f"x{h['batched_over_naive']:.0f} faster; training {h['train_samples_per_s']:,.0f} "
+             f"samples/s") for h in d["heads"]]
+
+
+def _local_features(d: dict) -> Headline:
+    return [(f"real photos, leave-one-out: {m['label']}",
+             f"GAP {m['retrieval']['gap']:.3f}, top-1 {m['retrieval']['top1']:.3f}, "
+             f"pair AUC {m['separation']['auc']:.3f}") for m in d["models"]]
+
+
+def _retrieval(d: dict) -> Headline:
+    return [(f"real photos, index + search: {m['label']}",
+             f"GAP {m['indexed']['gap']:.3f}, top-1 {m['indexed']['top1']:.3f} "
+             f"(exhaustive GAP {m['exhaustive']['gap']:.3f})") for m in d["models"]]
+
+
+def _recognition(d: dict) -> Headline:
+    res = d["results"]
+    return [(f"recognition, {mode} ({kind})", f"GAP {r['gap']:.3f}, top-1 {r['top1']:.3f}")
+            for mode, kinds in res.items() for kind, r in kinds.items()]
+
+
+HEADLINES: dict[str, Callable[[dict], Headline]] = {
+    "store": _store, "extract": _extract, "scaling": _scaling, "roofline": _roofline,
+    "ray": _ray, "verify": _verify, "index": _index, "classify": _classify,
+    "local_features": _local_features, "retrieval": _retrieval, "recognition": _recognition}
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on a server or in CI
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _barh(labels: list[str], values: list[float], xlabel: str, title: str, path: Path,
+          band: tuple[float, float] | None = None, log_scale: bool = False) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.4))
+    ax.barh(range(len(values)), values, color="#4878a8")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    if band is not None:
+        ax.axvspan(*band, color="#f0b040", alpha=0.3, label="reference")
+        ax.legend(loc="lower right")
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _plot_extract(d: dict, out: Path) -> list[Path]:
+    rows = d["rows"]
+    labels = [f"{r['model']} {r['preset']}" + "".join(f" {v}" for v in r["overrides"].values())
+              for r in rows]
+    return [_barh(labels, [r["s_per_100"] for r in rows], "seconds per 100 images (log)",
+                  "Extraction cost per model and preset", out / "extract.png", band=(5, 10),
+                  log_scale=True)]
+
+
+def _plot_scaling(d: dict, out: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for m in d["models"]:
+        n = [p["images"] for p in m["points"]]
+        label = f"{m['model']} {m['preset']}"
+        left.plot(n, [p["wall_s"] for p in m["points"]], "o", label=label)
+        fit = m["time_fit"]
+        left.plot(n, [fit["intercept"] + fit["slope"] * x for x in n], "--", color="grey")
+        right.plot(n, [p["peak_rss_bytes"] / 2**20 for p in m["points"]], "o-", label=label)
+    left.set(xlabel="images", ylabel="wall time (s)", title="Extraction time vs images")
+    right.set(xlabel="images", ylabel="peak RSS (MiB)", title="Extraction memory vs images")
+    right.set_ylim(bottom=0)
+    left.legend()
+    right.legend()
+    return [_save(fig, out / "scaling.png")]
+
+
+def _plot_roofline(d: dict, out: Path) -> list[Path]:
+    labels, values = [], []
+    for p in ("float32", "bfloat16", "int8"):
+        if "gflops" in d["matmul"][p]:
+            labels.append(f"matmul {p}")
+            values.append(d["matmul"][p]["gflops"])
+    for p, b in d["backbone"].items():
+        labels.append(f"VGG16 backbone {p}")
+        values.append(b["gflops"])
+    return [_barh(labels, values, "GFLOP/s (GOP/s for int8)",
+                  "Achieved rate vs the machine's matmul", out / "roofline.png")]
+
+
+def _plot_index(d: dict, out: Path) -> list[Path]:
+    plt = _pyplot()
+    sizes = sorted(d["sizes"], key=int)
+    n = [int(s) for s in sizes]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    build = [d["sizes"][s]["ivfpq"]["train_s"] + d["sizes"][s]["ivfpq"]["add_s"] for s in sizes]
+    left.loglog(n, build, "o-", label="IVF-PQ train + add")
+    kd = [(int(s), d["sizes"][s]["kdtree"]["build_s"]) for s in sizes if d["sizes"][s].get("kdtree")]
+    if kd:
+        left.loglog(*zip(*kd), "s--", label="cKDTree build")
+    left.set(xlabel="vectors", ylabel="seconds", title="Index build vs vectors")
+    for nprobe in ("8", "16", "32"):
+        right.loglog(n, [d["sizes"][s]["ivfpq"]["nprobe"][nprobe]["ms_per_1000_queries"]
+                         for s in sizes], "o-", label=f"IVF-PQ nprobe {nprobe}")
+    flat = [(int(s), d["sizes"][s]["flat"]["search"]["ms_per_1000_queries"])
+            for s in sizes if d["sizes"][s].get("flat")]
+    if flat:
+        right.loglog(*zip(*flat), "^--", label="exact (Flat)")
+    kq = [(int(s), d["sizes"][s]["kdtree"]["ms_per_1000_queries_workers1"])
+          for s in sizes if d["sizes"][s].get("kdtree")]
+    if kq:
+        right.loglog(*zip(*kq), "s--", label="cKDTree")
+    right.set(xlabel="vectors", ylabel="ms per 1000 queries (k=10)", title="Search vs vectors")
+    left.legend()
+    right.legend(fontsize=8)
+    return [_save(fig, out / "index.png")]
+
+
+def _plot_store(d: dict, out: Path) -> list[Path]:
+    s, n = d["store"], d["naive_npz"]
+    ratios = d["ratios"]
+    labels = ["HDF5 full scan", ".npz full scan", "HDF5 padded batches", ".npz padded"]
+    scan_npz = s["scan_images_per_s"] / ratios["scan_per_image_npz_over_store"]
+    padded_store = d["params"]["images"] / s["padded_all_batch256"]["median_s"]
+    padded_npz = padded_store / ratios["padded_per_image_npz_over_store"]
+    del n
+    return [_barh(labels, [s["scan_images_per_s"], scan_npz, padded_store, padded_npz],
+                  "images per second", "Feature store throughput", out / "store.png")]
+
+
+def _plot_classify(d: dict, out: Path) -> list[Path]:
+    labels, values = [], []
+    for h in d["heads"]:
+        for key, name in (("train_samples_per_s", "training"),
+                          ("from_store_images_per_s", "inference from store"),
+                          ("batched_images_per_s", "inference batched"),
+                          ("naive_images_per_s", "inference per image")):
+            labels.append(f"{h['head']}: {name}")
+            values.append(h[key])
+    return [_barh(labels, values, "images per second", "Classifier throughput",
+                  out / "classify.png")]
+
+
+def _plot_gap(headline: Headline, name: str, title: str, out: Path) -> list[Path]:
+    labels, values = [], []
+    for label, text in headline:
+        labels.append(label.split(": ", 1)[-1] if ": " in label else label)
+        values.append(float(text.split("GAP ", 1)[1].split(",")[0].split(" ")[0]))
+    return [_barh(labels, values, "GAP", title, out / f"{name}.png")]
+
+
+PLOTS: dict[str, Callable[[dict, Path], list[Path]]] = {
+    "extract": _plot_extract, "scaling": _plot_scaling, "roofline": _plot_roofline,
+    "index": _plot_index, "store": _plot_store, "classify": _plot_classify,
+    "local_features": lambda d, out: _plot_gap(_local_features(d), "local_features",
+                                               "Local features on real photos (leave-one-out)", out),
+    "recognition": lambda d, out: _plot_gap(_recognition(d), "recognition",
+                                            "Recognition GAP per mode (real photos)", out),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: list[tuple[str, str]] | list[list[str]], header: tuple[str, str]) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in rows]
+    return lines
+
+
+def _machine_lines(machine: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(machine.get("versions", {}).items()))
+    return _md_table([("CPU", f"{machine.get('cpu')} ({machine.get('cores')} cores)"),
+                      ("memory", f"{machine.get('memory_gib')} GiB"),
+                      ("GPU used", "yes" if machine.get("gpu") else "no (none present)"),
+                      ("platform", machine.get("platform", "")),
+                      ("load average at start", str(machine.get("load_average_1m"))),
+                      ("libraries", versions)], ("machine", ""))
+
+
+def render(results: Path) -> tuple[str, list[Path], list[str]]:
+    """(markdown, plot files, problems) of a results folder."""
+    from benchmarks.suite import STAGES
+    suite = json.loads((results / "suite.json").read_text())
+    problems: list[str] = []
+    headlines: list[tuple[str, str]] = []
+    sections: list[str] = []
+    plots: list[Path] = []
+    for stage in STAGES:
+        record = suite["stages"].get(stage.name)
+        if record is None:
+            continue
+        sections += ["", f"## {stage.title} — `{record.get('command', stage.command(suite['mode'] == 'quick'))}`",
+                     "", stage.what, ""]
+        if record["status"] != "ok":
+            reason = record.get("reason", "").strip().splitlines()
+            sections.append(f"**{record['status']}**: " + _md_escape(reason[-1] if reason else ""))
+            if record["status"] == "failed":
+                problems.append(f"{stage.name}: failed")
+            continue
+        data = json.loads((results / f"{stage.name}.json").read_text())
+        try:
+            headlines += HEADLINES[stage.name](data)
+        except (KeyError, TypeError, ValueError, StopIteration, IndexError) as exc:
+            problems.append(f"{stage.name}: headline figures missing ({type(exc).__name__}: {exc})")
+        sections += _md_table([tuple(row) for row in data.get("table", [])], ("figure", "value"))
+        if stage.name in PLOTS:
+            try:
+                for path in PLOTS[stage.name](data, results):
+                    plots.append(path)
+                    sections += ["", f"![{stage.title}]({path.name})"]
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                problems.append(f"{stage.name}: plot failed ({type(exc).__name__}: {exc})")
+        sections += ["", f"Stage wall time {record['wall_s']:.0f} s, peak memory "
+                         f"{record['peak_rss_bytes'] / 2**20:,.0f} MiB (its own process)."]
+    when = suite.get("finished") or suite.get("started")
+    lines = [f"# delfx benchmarks — {when.split(' ')[0]}", "",
+             f"Produced by `python -m benchmarks{' --quick' if suite['mode'] == 'quick' else ''}` "
+             f"({suite['mode']} sizes), started {suite['started']}, finished "
+             f"{suite.get('finished', '(unfinished)')}. Every ratio below was measured side by side "
+             f"in the same run; absolute times depend on what else the machine was doing "
+             f"(load average recorded per stage in its table or JSON).", ""]
+    lines += _machine_lines(suite["machine"])
+    lines += ["", "## Side by side", ""] + _md_table(headlines, ("comparison", "figure"))
+    if problems:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
+    lines += sections
+    return "\n".join(lines) + "\n", plots, problems
+
+
+def write_report(results: Path, markdown: Path | None = None) -> Path:
+    """Write results/report.md (and a copy at `markdown`, with its plots beside it).
+
+    Returns the report path. Problems are logged and listed in the report, and saved for
+    `report_problems(results)`, which callers that must fail on them read.
+    """
+    text, plots, problems = render(results)
+    for problem in problems:
+        log.warning("benchmark report: %s", problem)
+    path = results / "report.md"
+    path.write_text(text)
+    (results / "report-problems.json").write_text(json.dumps(problems, indent=2) + "\n")
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        plot_dir = markdown.parent / (markdown.stem + "-plots")
+        plot_dir.mkdir(exist_ok=True)
+        for p in plots:
+            shutil.copy2(p, plot_dir / p.name)
+        rel = plot_dir.name
+        out = text
+        for p in plots:
+            out = out.replace(f"]({p.name})", f"]({rel}/{p.name})")
+        markdown.write_text(out)
+        # Keep the figures' source next to the report so any number in it can be traced.
+        data_dir = markdown.parent / (markdown.stem + "-results")
+        data_dir.mkdir(exist_ok=True)
+        for f in results.glob("*.json"):
+            shutil.copy2(f, data_dir / f.name)
+        return markdown
+    return path
+
+
+def report_problems(results: Path) -> list[str]:
+    path = results / "report-problems.json"
+    return json.loads(path.read_text()) if path.is_file() else []

@@ -1,0 +1,173 @@
+"""The benchmark suite: every stage, one command, results in one folder.
+
+Each stage is one `benchmarks.<module>` run in a fresh process (so TensorFlow, Ray and memory
+do not leak from one stage to the next, and each stage's peak memory is its own). A stage writes
+`<name>.json` (its figures, the table it printed and the machine facts) and `<name>.log`; the
+suite writes `suite.json` (what ran, how it ended, wall time and peak memory per stage) and
+then the report (`report.md` and PNG plots, see benchmarks/report.py).
+
+A failing stage is recorded with the tail of its log and the suite goes on; the exit status
+is 1 when any stage failed. Stages that need the real photos of ../shared/data are skipped,
+with the reason, when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine_facts
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One benchmark stage.
+
+    Attributes:
+        name: key in the results (and file stem of its JSON, log and plots).
+        module: `benchmarks.<module>` runs it.
+        title: section title in the report.
+        what: what it measures, one sentence for the report.
+        quick: arguments of the quick run (CI), full: of the report run.
+        needs_shared: reads the real photos of ../shared/data.
+    """
+
+    name: str
+    module: str
+    title: str
+    what: str
+    quick: tuple[str, ...] = ("--quick",)
+    full: tuple[str, ...] = ()
+    needs_shared: bool = False
+
+    def argv(self, quick: bool) -> list[str]:
+        return list(self.quick if quick else self.full)
+
+    def command(self, quick: bool) -> str:
+        return " ".join(["python -m benchmarks." + self.module, *self.argv(quick)])
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("store", "bench_store", "Feature store",
+          "Sharded HDF5 against one .npz file per image: write, full scan, random access and "
+          "padded (N, 150, 40) batches.", full=("--images", "100000")),
+    Stage("extract", "bench_extract", "Extraction cost",
+          "Seconds per 100 images per model and preset (reference: 5-10 s per 100 images for "
+          "DELF at 128 px), bf16 against fp32, batched against the official signature called "
+          "one image at a time."),
+    Stage("scaling", "bench_scaling", "Extraction scaling",
+          "Fresh `delfx extract` processes over growing image counts: time must grow linearly "
+          "and peak memory must stay flat."),
+    Stage("roofline", "bench_roofline", "Machine limit, bf16 and int8",
+          "The backbone's achieved GFLOP/s against this machine's dense matmul rate measured in "
+          "the same run, and what bf16 does to speed and to matching quality."),
+    Stage("ray", "bench_ray", "The Ray job",
+          "The real `delfx extract` job on a local Ray instance against the same job in-process "
+          "and against a naive loop (per image: decode, signature call, one .npz)."),
+    Stage("verify", "bench_verify", "Geometric verification",
+          "delfx's OpenCV RANSAC against scikit-image RANSAC on the same match sets: pairs per "
+          "second and inlier recovery."),
+    Stage("index", "bench_index", "FAISS index",
+          "Build, search and memory of the FAISS index against exact search and scipy cKDTree, "
+          "as the number of vectors grows.",
+          full=("--sizes", "100000,1000000,10000000")),
+    Stage("classify", "bench_classify", "Classifier throughput",
+          "Training and inference of the bottleneck heads over stored features; batched against "
+          "per-image inference."),
+    Stage("local_features", "eval_local_features", "Local features on real photos",
+          "Leave-one-out retrieval GAP, positive/negative inlier separation and planar homography "
+          "errors of each local-feature model on ../shared/data.", needs_shared=True),
+    Stage("retrieval", "eval_retrieval", "Retrieval on real photos",
+          "The delfx index + search pipeline (FAISS, voting, RANSAC) on the real photos.",
+          needs_shared=True),
+    Stage("recognition", "eval_recognition", "Recognition on real photos",
+          "3-fold recognition GAP and accuracy of retrieval, classifier and fused modes.",
+          needs_shared=True),
+)
+
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("DELFX_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def select_stages(names: list[str] | None) -> list[Stage]:
+    if not names:
+        return list(STAGES)
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_NAMES)}")
+    return [s for s in STAGES if s.name in names]
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_stage(stage: Stage, quick: bool, out_dir: Path) -> dict[str, Any]:
+    """Run one stage in a fresh interpreter; its figures land in out_dir/<name>.json."""
+    if stage.needs_shared and not (shared_data_dir() / "landmarks-dev" / "labels.csv").is_file():
+        return {"status": "skipped", "reason": f"needs the real photos of {shared_data_dir()} "
+                                               f"(absent; set DELFX_SHARED_DATA)"}
+    json_path, log_path = out_dir / f"{stage.name}.json", out_dir / f"{stage.name}.log"
+    json_path.unlink(missing_ok=True)  # a stale file must never pass for this run's result
+    cmd = [sys.executable, "-m", f"benchmarks.{stage.module}", *stage.argv(quick),
+           "--json", str(json_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    start = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                env=env)
+        # wait4 rather than wait: the stage's own peak memory comes back with its status.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    record = {"command": stage.command(quick), "wall_s": wall,
+              "peak_rss_bytes": usage.ru_maxrss * 1024, "exit_code": proc.returncode}
+    if proc.returncode != 0 or not json_path.is_file():
+        return {**record, "status": "failed", "reason": _log_tail(log_path)}
+    return {**record, "status": "ok"}
+
+
+def run_suite(stages: list[Stage], quick: bool, out_dir: Path) -> dict[str, Any]:
+    """Run the stages in order, recording each as it ends (suite.json is rewritten each time)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suite = {"mode": "quick" if quick else "full", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+             "machine": machine_facts(), "stages": {}}
+    for stage in stages:
+        print(f"[bench] {stage.name}: {stage.command(quick)}", file=sys.stderr, flush=True)
+        record = run_stage(stage, quick, out_dir)
+        suite["stages"][stage.name] = record
+        took = f" in {record['wall_s']:.0f} s" if "wall_s" in record else ""
+        print(f"[bench] {stage.name}: {record['status']}{took}", file=sys.stderr, flush=True)
+        if record["status"] == "failed":
+            print(record["reason"], file=sys.stderr, flush=True)
+        elif record["status"] == "ok":
+            _print_table(out_dir / f"{stage.name}.json", stage)
+        (out_dir / "suite.json").write_text(json.dumps(suite, indent=2, sort_keys=True) + "\n")
+    suite["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    (out_dir / "suite.json").write_text(json.dumps(suite, indent=2, sort_keys=True) + "\n")
+    return suite
+
+
+def _print_table(json_path: Path, stage: Stage) -> None:
+    """The stage's table on stdout (data), as it finishes."""
+    table = json.loads(json_path.read_text()).get("table", [])
+    print(f"\n## {stage.title}")
+    width = max((len(k) for k, _ in table), default=0)
+    for key, value in table:
+        print(f"{key.ljust(width)}  {value}")
+    sys.stdout.flush()
