@@ -5,6 +5,7 @@ Measured side by side in one run:
   matmul), the practical ceiling for a convolutional backbone on this CPU;
 - the achieved rate of the built-in VGG16 backbone (conv FLOPs counted from the layers' shapes,
   divided by the measured forward time) in fp32 and in mixed bf16, as a share of that ceiling;
+- int8 through TFLite (dynamic range and full integer): speed and feature fidelity;
 - what bf16 does to matching quality on `delfx sample-data` views with known homographies: kept
   keypoints shared with fp32, descriptor cosine similarity, and verified inliers that are
   correct under the true homography (fp32 vs bf16).
@@ -16,6 +17,7 @@ Measured side by side in one run:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -114,6 +116,69 @@ def backbone_rate(precision: str, batch: int, size: int, repeats: int) -> dict[s
     return {"precision": precision, "batch": batch, "size": size, **t,
             "gflop_per_batch": flops / 1e9, "gflops": flops / t["median_s"] / 1e9,
             "images_per_s": batch / t["median_s"]}
+
+
+def _real_images(size: int) -> list[np.ndarray]:
+    """Package photos (sklearn, skimage) as [0, 1] RGB size x size: calibration and probes."""
+    import cv2
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
+    photos = list(load_sample_images().images) + [skdata.astronaut(), skdata.coffee(),
+                                                   skdata.chelsea(), skdata.rocket()]
+    return [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+            for p in photos]
+
+
+def tflite_int8(size: int, repeats: int) -> dict[str, Any]:
+    """The backbone through TFLite (XNNPACK): fp32, dynamic-range int8 and full int8.
+
+    TensorFlow's own int8 ops do not reach the VNNI units (see the matmul row); TFLite's int8
+    kernels do. Quality is the cosine between each variant's block4 features and TensorFlow
+    fp32's on a package photo the calibration never saw (a cell with cosine ~1 gives the same
+    descriptor). Full int8 is calibrated on the other package photos.
+    """
+    from delfx.extractor.delf_net import DelfNetwork
+    from delfx.tf_quiet import import_tensorflow
+    tf = import_tensorflow()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    network = DelfNetwork("vgg16", "hed")
+    images = _real_images(size)
+    probe, calibration = images[0][None], images[1:]
+    fn = tf.function(lambda x: network.backbone(network.normalise(x), training=False),
+                     input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)])
+    reference = fn(probe).numpy()
+    tf_time = _median_seconds(lambda: fn(probe).numpy(), repeats)
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
+    out: dict[str, Any] = {"size": size, "tensorflow_float32": tf_time}
+    for mode in ("float32", "dynamic_int8", "full_int8"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        if mode != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "full_int8":
+            converter.representative_dataset = lambda: ([im[None]] for im in calibration)
+        try:
+            interpreter = tf.lite.Interpreter(model_content=converter.convert(), num_threads=os.cpu_count())
+        except Exception as exc:  # TFLite is deprecated in TensorFlow: record, do not crash
+            out[mode] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            continue
+        interpreter.allocate_tensors()
+        inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+        def invoke():
+            interpreter.set_tensor(inp["index"], probe)
+            interpreter.invoke()
+            return interpreter.get_tensor(outp["index"])
+
+        t = _median_seconds(invoke, repeats)
+        a = reference.reshape(-1, reference.shape[-1])
+        b = invoke().reshape(-1, reference.shape[-1]).astype(np.float32)
+        norms = np.linalg.norm(a, axis=1)
+        cos = np.sum(a * b, axis=1) / (norms * np.linalg.norm(b, axis=1) + 1e-12)
+        strong = norms >= np.percentile(norms, 90)  # the cells keypoint selection keeps
+        out[mode] = {**t, "speedup_vs_tensorflow": tf_time["median_s"] / t["median_s"],
+                     "median_cosine": float(np.median(cos)),
+                     "median_cosine_top10pct_cells": float(np.median(cos[strong]))}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +280,8 @@ def run(quick: bool, repeats: int, workdir: Path) -> dict[str, Any]:
     share = {p: backbone[p]["gflops"] / ceiling[p] for p in backbone if p in ceiling}
     return {"matmul": matmul, "backbone": backbone, "share_of_matmul": share,
             "bf16_backbone_speedup": backbone["float32"]["median_s"] / backbone["bfloat16"]["median_s"],
-            "bf16_quality": bf16_quality(workdir, quick)}
+            "bf16_quality": bf16_quality(workdir, quick),
+            "tflite": tflite_int8(224 if quick else 512, repeats)}
 
 
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
@@ -238,6 +304,13 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         mq = q["matching"][p]
         rows.append((f"matching {p}", f"{mq['mean_correct_inliers']:.1f} correct of "
                      f"{mq['mean_inliers']:.1f} inliers per pair ({mq['pairs']} pairs)"))
+    lite = r["tflite"]
+    for mode in ("float32", "dynamic_int8", "full_int8"):
+        v = lite[mode]
+        rows.append((f"TFLite {mode} backbone ({lite['size']}px)", v["error"] if "error" in v else
+                     f"x{v['speedup_vs_tensorflow']:.2f} vs TensorFlow fp32; feature cosine median "
+                     f"{v['median_cosine']:.3f} ({v['median_cosine_top10pct_cells']:.3f} on the "
+                     f"strongest 10% of cells)"))
     a = q["agreement"]
     rows.append(("bf16 vs fp32", f"correct inliers x{q['correct_inliers_ratio_bf16']:.2f}, "
                  f"{100 * a['shared_keypoints']:.0f}% keypoints shared, descriptor cosine median "

@@ -26,12 +26,17 @@ Headline = list[tuple[str, str]]
 # Side-by-side headline figures, per stage
 # --------------------------------------------------------------------------------------------
 
+def _faster(ratio: float) -> str:
+    """A time ratio (other / ours) in words that stay true when it is below 1."""
+    return f"x{ratio:,.2f} faster" if ratio >= 1 else f"x{1 / ratio:,.2f} slower"
+
+
 def _store(d: dict) -> Headline:
     r, s = d["ratios"], d["store"]
     return [("feature store: full scan, sharded HDF5 vs one .npz per image",
-             f"x{r['scan_per_image_npz_over_store']:.1f} faster ({s['scan_images_per_s']:,.0f} images/s)"),
+             f"{_faster(r['scan_per_image_npz_over_store'])} ({s['scan_images_per_s']:,.0f} images/s)"),
             ("feature store: padded (N,150,40) batches vs .npz",
-             f"x{r['padded_per_image_npz_over_store']:.1f} faster")]
+             _faster(r['padded_per_image_npz_over_store']))]
 
 
 def _extract(d: dict) -> Headline:
@@ -43,8 +48,8 @@ def _extract(d: dict) -> Headline:
     return [("extraction, delf-vgg16 seed128 (reference 5-10 s/100 images)",
              f"{seed['s_per_100']:.1f} s/100 images (bf16 {bf16['s_per_100']:.1f}); "
              f"rootsift {root['s_per_100']:.1f}"),
-            ("extraction: batched vs official signature one image at a time",
-             f"x{b['speedup']:.2f} faster")]
+            ("extraction: batched delfx vs official signature one image at a time",
+             f"batched {_faster(b['speedup'])}")]
 
 
 def _scaling(d: dict) -> Headline:
@@ -62,14 +67,16 @@ def _roofline(d: dict) -> Headline:
     return [("backbone effective GFLOP/s vs this machine's matmul (fp32 / bf16)",
              f"{100 * share['float32']:.0f}% / {100 * share['bfloat16']:.0f}%"),
             ("bf16 vs fp32: extraction speed, correct inliers",
-             f"x{q['speedup_bf16']:.2f} faster, x{q['correct_inliers_ratio_bf16']:.2f} correct inliers")]
+             f"bf16 {_faster(q['speedup_bf16'])}, x{q['correct_inliers_ratio_bf16']:.2f} correct inliers")]
 
 
 def _ray(d: dict) -> Headline:
     r = d["ratios"]
-    out = [("Ray job vs in-process (same job, start-up included)", f"x{r['ray_over_in_process']:.2f} time")]
+    out = [("Ray job vs the same job in-process (Ray start-up excluded)",
+            f"Ray {_faster(1 / r['ray_over_in_process'])}")]
     if r.get("naive_over_ray") is not None:
-        out.append(("naive per-image loop vs Ray job", f"x{r['naive_over_ray']:.2f} slower"))
+        out.append(("Ray job vs naive per-image loop (signature call, one .npz per image)",
+                    f"Ray {_faster(r['naive_over_ray'])}"))
     return out
 
 
@@ -78,7 +85,7 @@ def _verify(d: dict) -> Headline:
     ours = methods["delfx verify_pair affine"]
     theirs = next(v for k, v in methods.items() if k.startswith("skimage"))
     return [("geometric verification: delfx (OpenCV) vs scikit-image RANSAC",
-             f"x{theirs['ms_per_pair'] / ours['ms_per_pair']:,.0f} faster "
+             f"delfx {_faster(theirs['ms_per_pair'] / ours['ms_per_pair'])} "
              f"({ours['ms_per_pair']:.3f} ms/pair)")]
 
 
@@ -89,14 +96,14 @@ def _index(d: dict) -> Headline:
         text = f"{q16['ms_per_1000_queries']:.0f} ms/1000 queries, recall@1 {q16['recall_at_1']:.3f}"
         ratio = s.get("ratios", {}).get("kdtree_w1_query_over_ivfpq_nprobe16")
         if ratio is not None:
-            text += f"; x{ratio:.0f} faster than cKDTree"
+            text += f"; {_faster(ratio)} than cKDTree"
         out.append((f"FAISS {s['ivfpq_factory']} nprobe 16 over {int(size):,} vectors", text))
     return out
 
 
 def _classify(d: dict) -> Headline:
     return [(f"classifier ({h['head']} head): batched vs per-image inference",
-             f"x{h['batched_over_naive']:.0f} faster; training {h['train_samples_per_s']:,.0f} "
+             f"batched {_faster(h['batched_over_naive'])}; training {h['train_samples_per_s']:,.0f} "
              f"samples/s") for h in d["heads"]]
 
 
@@ -328,7 +335,8 @@ def render(results: Path) -> tuple[str, list[Path], list[str]]:
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 problems.append(f"{stage.name}: plot failed ({type(exc).__name__}: {exc})")
         sections += ["", f"Stage wall time {record['wall_s']:.0f} s, peak memory "
-                         f"{record['peak_rss_bytes'] / 2**20:,.0f} MiB (its own process)."]
+                         f"{record['peak_rss_bytes'] / 2**20:,.0f} MiB (its own process); ran "
+                         f"{record.get('ran_at', suite['started'])}."]
     when = suite.get("finished") or suite.get("started")
     lines = [f"# delfx benchmarks — {when.split(' ')[0]}", "",
              f"Produced by `python -m benchmarks{' --quick' if suite['mode'] == 'quick' else ''}` "

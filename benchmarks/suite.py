@@ -145,11 +145,14 @@ def run_stage(stage: Stage, quick: bool, out_dir: Path) -> dict[str, Any]:
 def run_suite(stages: list[Stage], quick: bool, out_dir: Path) -> dict[str, Any]:
     """Run the stages in order, recording each as it ends (suite.json is rewritten each time)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    suite = {"mode": "quick" if quick else "full", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-             "machine": machine_facts(), "stages": {}}
+    mode = "quick" if quick else "full"
+    suite = _previous_run(out_dir, mode) or {
+        "mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine_facts(), "stages": {}}
     for stage in stages:
         print(f"[bench] {stage.name}: {stage.command(quick)}", file=sys.stderr, flush=True)
         record = run_stage(stage, quick, out_dir)
+        record["ran_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         suite["stages"][stage.name] = record
         took = f" in {record['wall_s']:.0f} s" if "wall_s" in record else ""
         print(f"[bench] {stage.name}: {record['status']}{took}", file=sys.stderr, flush=True)
@@ -161,6 +164,24 @@ def run_suite(stages: list[Stage], quick: bool, out_dir: Path) -> dict[str, Any]
     suite["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     (out_dir / "suite.json").write_text(json.dumps(suite, indent=2, sort_keys=True) + "\n")
     return suite
+
+
+def _previous_run(out_dir: Path, mode: str) -> dict[str, Any] | None:
+    """An earlier run into the same folder and mode: its other stages stay in the report.
+
+    This is how one stage is re-run (`--stages index --out SAME`) without redoing the others;
+    each stage keeps the time it ran at. A folder of the other mode is refused: quick and full
+    figures must never mix in one report.
+    """
+    path = out_dir / "suite.json"
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    if previous.get("mode") != mode:
+        raise SystemExit(f"{out_dir} holds a {previous.get('mode')} run; use another --out for a "
+                         f"{mode} run")
+    previous.pop("finished", None)
+    return previous
 
 
 def _print_table(json_path: Path, stage: Stage) -> None:

@@ -55,6 +55,21 @@ def test_quick_suite_writes_json_markdown_and_plots(tmp_path):
     assert (md.parent / "benchmarks-results" / "verify.json").is_file()
 
 
+def test_rerunning_one_stage_keeps_the_others(tmp_path):
+    out = tmp_path / "results"
+    assert _run_bench(["--quick", "--stages", "verify", "--out", str(out)]).returncode == 0
+    first = json.loads((out / "suite.json").read_text())["stages"]["verify"]["ran_at"]
+    proc = _run_bench(["--quick", "--stages", "classify", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = json.loads((out / "suite.json").read_text())["stages"]
+    assert set(stages) == {"verify", "classify"} and stages["verify"]["ran_at"] == first
+    text = (out / "report.md").read_text()
+    assert "scikit-image RANSAC" in text and "batched vs per-image inference" in text
+    # quick and full figures never share a folder
+    proc = _run_bench(["--stages", "verify", "--out", str(out)])
+    assert proc.returncode != 0 and "holds a quick run" in proc.stderr
+
+
 def test_unknown_stage_is_refused():
     proc = _run_bench(["--stages", "store,nope"])
     assert proc.returncode != 0 and "unknown stage(s) nope" in proc.stderr
