@@ -314,7 +314,7 @@ def render(results: Path) -> tuple[str, list[Path], list[str]]:
         if record is None:
             continue
         sections += ["", f"## {stage.title} — `{record.get('command', stage.command(suite['mode'] == 'quick'))}`",
-                     "", stage.what, ""]
+                     "", stage.what + (" " + stage.notes if stage.notes else ""), ""]
         if record["status"] != "ok":
             reason = record.get("reason", "").strip().splitlines()
             sections.append(f"**{record['status']}**: " + _md_escape(reason[-1] if reason else ""))

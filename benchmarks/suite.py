@@ -38,6 +38,7 @@ class Stage:
         what: what it measures, one sentence for the report.
         quick: arguments of the quick run (CI), full: of the report run.
         needs_shared: reads the real photos of ../shared/data.
+        notes: how to read the figures (facts that do not change from run to run).
     """
 
     name: str
@@ -47,6 +48,7 @@ class Stage:
     quick: tuple[str, ...] = ("--quick",)
     full: tuple[str, ...] = ()
     needs_shared: bool = False
+    notes: str = ""
 
     def argv(self, quick: bool) -> list[str]:
         return list(self.quick if quick else self.full)
@@ -58,20 +60,38 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("store", "bench_store", "Feature store",
           "Sharded HDF5 against one .npz file per image: write, full scan, random access and "
-          "padded (N, 150, 40) batches.", full=("--images", "100000")),
+          "padded (N, 150, 40) batches.", full=("--images", "100000"),
+          notes="The .npz side runs on a subset (it costs one file open per image); ratios are per "
+                "image."),
     Stage("extract", "bench_extract", "Extraction cost",
           "Seconds per 100 images per model and preset (reference: 5-10 s per 100 images for "
           "DELF at 128 px), bf16 against fp32, batched against the official signature called "
-          "one image at a time."),
+          "one image at a time.",
+          notes="VGG16 to block4 has about 3x the FLOPs of DELF's ResNet50 to conv4 (the network "
+                "the 5-10 s reference was measured with), so the built-in network starts ~3x "
+                "behind the reference at 128 px; bf16 uses the CPU's AVX-512 BF16 units through "
+                "oneDNN. RootSIFT runs no network."),
     Stage("scaling", "bench_scaling", "Extraction scaling",
           "Fresh `delfx extract` processes over growing image counts: time must grow linearly "
-          "and peak memory must stay flat."),
+          "and peak memory must stay flat.",
+          notes="The fitted start-up is interpreter, library and model loading; the slope is the "
+                "marginal cost per image. Features stream to the shards, so peak memory should "
+                "not grow with the number of images."),
     Stage("roofline", "bench_roofline", "Machine limit, bf16 and int8",
           "The backbone's achieved GFLOP/s against this machine's dense matmul rate measured in "
-          "the same run, and what bf16 does to speed and to matching quality."),
+          "the same run, and what bf16 and int8 do to speed and to quality.",
+          notes="Backbone FLOPs are counted as direct convolution; oneDNN may use faster "
+                "algorithms (e.g. Winograd), so an effective rate above the matmul rate is "
+                "possible. TensorFlow's int8 matmul does not reach the VNNI units; TFLite's int8 "
+                "kernels (XNNPACK) do. Full-integer int8 quantises activations with one scale per "
+                "tensor, which is what costs fidelity; dynamic-range int8 keeps float activations."),
     Stage("ray", "bench_ray", "The Ray job",
           "The real `delfx extract` job on a local Ray instance against the same job in-process "
-          "and against a naive loop (per image: decode, signature call, one .npz)."),
+          "and against a naive loop (per image: decode, signature call, one .npz).",
+          notes="Ray's overhead is mostly each worker loading TensorFlow and the model (seconds "
+                "per worker); it amortises over real datasets and buys retries, resumable shards "
+                "and multi-node runs. On 2 cores per-level batching gains little over the naive "
+                "loop."),
     Stage("verify", "bench_verify", "Geometric verification",
           "delfx's OpenCV RANSAC against scikit-image RANSAC on the same match sets: pairs per "
           "second and inlier recovery."),
