@@ -210,7 +210,13 @@ def _plot_index(d: dict, out: Path) -> list[Path]:
     plt = _pyplot()
     sizes = sorted(d["sizes"], key=int)
     n = [int(s) for s in sizes]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right, memory) = plt.subplots(1, 3, figsize=(14, 3.8))
+    memory.loglog(n, [d["sizes"][s]["memory_peak"] / 2**20 for s in sizes], "o-",
+                  label="peak RSS of the run")
+    memory.loglog(n, [d["sizes"][s]["memory_after_build"]["rss"] / 2**20 for s in sizes], "s--",
+                  label="RSS after the build")
+    memory.set(xlabel="vectors", ylabel="MiB", title="Index memory vs vectors")
+    memory.legend(fontsize=8)
     build = [d["sizes"][s]["ivfpq"]["train_s"] + d["sizes"][s]["ivfpq"]["add_s"] for s in sizes]
     left.loglog(n, build, "o-", label="IVF-PQ train + add")
     kd = [(int(s), d["sizes"][s]["kdtree"]["build_s"]) for s in sizes if d["sizes"][s].get("kdtree")]
