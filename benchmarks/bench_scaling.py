@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, run_measured
 
 # (model, preset, image counts of the full run)
 FULL = [("rootsift", "seed128", [50, 100, 200, 400]),
@@ -43,23 +40,18 @@ def image_folder(source: list[Path], count: int, folder: Path) -> Path:
 
 
 def run_point(images: Path, out: Path, model: str, preset: str) -> dict[str, Any]:
-    """One fresh extraction process: wall time, peak RSS (KiB from wait4) and its summary."""
+    """One fresh extraction process: wall time, peak RSS and the images it extracted."""
     cmd = [sys.executable, "-m", "delfx", "-q", "extract", str(images), str(out), "--no-ray",
            "--shards", "2", "--model", model, "--preset", preset, "--json"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # wait4 (not Popen.wait) so the child's own peak memory comes back with its exit status.
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {stderr.decode()[-2000:]}")
-    summary = json.loads(stdout)
-    return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "ok": summary.get("ok")}
+    summary_file, log_file = out.with_suffix(".json"), out.with_suffix(".log")
+    with open(summary_file, "wb") as stdout, open(log_file, "wb") as stderr:
+        measured = run_measured(cmd, stdout=stdout, stderr=stderr)
+    if measured["exit_code"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {measured['exit_code']}: "
+                           f"{log_file.read_text(errors='replace')[-2000:]}")
+    summary = json.loads(summary_file.read_text())
+    return {"wall_s": measured["wall_s"], "peak_rss_bytes": measured["peak_rss_bytes"],
+            "cpu_s": measured["cpu_s"], "ok": summary.get("ok")}
 
 
 def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:

@@ -75,6 +75,23 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def run_measured(cmd: list[str], **popen_kwargs: Any) -> dict[str, Any]:
+    """Run a command to completion: exit code, wall time, and the child's own peak memory.
+
+    os.wait4 rather than Popen.wait, because it hands back the child's resource usage (its
+    peak RSS alone, not the maximum over every child this process ever had).
+    """
+    import subprocess
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, **popen_kwargs)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"exit_code": proc.returncode, "wall_s": time.perf_counter() - start,
+            # Linux reports ru_maxrss in KiB (macOS in bytes).
+            "peak_rss_bytes": usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024),
+            "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_facts
+from benchmarks.common import machine_facts, run_measured
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,17 +147,11 @@ def run_stage(stage: Stage, quick: bool, out_dir: Path) -> dict[str, Any]:
            "--json", str(json_path)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    start = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+        measured = run_measured(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
                                 env=env)
-        # wait4 rather than wait: the stage's own peak memory comes back with its status.
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    record = {"command": stage.command(quick), "wall_s": wall,
-              "peak_rss_bytes": usage.ru_maxrss * 1024, "exit_code": proc.returncode}
-    if proc.returncode != 0 or not json_path.is_file():
+    record = {"command": stage.command(quick), **measured}
+    if measured["exit_code"] != 0 or not json_path.is_file():
         return {**record, "status": "failed", "reason": _log_tail(log_path)}
     return {**record, "status": "ok"}
 
