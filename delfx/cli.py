@@ -354,9 +354,13 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
 @click.option("--threshold", type=float, default=None,
               help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
 @click.option("--exclude-self", is_flag=True, help="Skip gallery images with the query's id.")
+@click.option("--global-shortlist", is_flag=True, help="Shortlist the --shortlist gallery images "
+              "nearest by global descriptor (index global.faiss) instead of local votes.")
+@click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
 def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
            max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
-           exclude_self: bool) -> None:
+           exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None) -> None:
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
     the gallery's own model and config)."""
     import csv as csvlib
@@ -369,13 +373,24 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
     config = SearchConfig(k=k, max_distance=max_distance, shortlist=shortlist, top=top,
                           model=ransac, relative_threshold=threshold or
                           default_threshold(gallery.manifest.model_id))
-    records = _query_records(queries, gallery)
+    global_index = global_model = None
+    if global_shortlist:
+        from delfx.index.global_index import GlobalIndex
+        if not GlobalIndex.exists(index_dir):
+            raise click.ClickException(f"{index_dir} has no global index: extract the gallery "
+                                       f"with --global-model, then build-index")
+        global_index = GlobalIndex.load(index_dir)
+        if global_model_dir is not None:
+            from delfx.globalnet.model import load_global_model
+            global_model = load_global_model(global_model_dir)
+            global_index.check_query_model(global_model.describe(), str(global_model_dir))
+    records = _query_records(queries, gallery, global_model)
     handle = open(out, "w", newline="") if out else sys.stdout
     try:
         writer = csvlib.writer(handle) if fmt == "csv" else None
         if writer:
             writer.writerow(["query", "rank", "gallery_id", "inliers", "votes", "matches", "score"])
-        for results in search_many(records, index, gallery, config, exclude_self):
+        for results in search_many(records, index, gallery, config, exclude_self, global_index):
             for r in results:
                 if writer:
                     writer.writerow([r.query, r.rank, r.gallery_id, r.inliers, r.votes, r.matches, r.score])

@@ -232,12 +232,14 @@ def test_concat_model_with_user_resnet_weights(sample_dataset, tmp_path):
     weights = tmp_path / "resnet50.weights.h5"
     keras.applications.ResNet50(include_top=False, weights=None).save_weights(weights)
     data = sample_dataset.root
-    summary = json.loads(_invoke("train", data / "train.csv", data / "train.csv", tmp_path / "cat",
-                                 "--model", "concat", "--backbone-weights", weights, "--epochs", "2",
-                                 "--image-size", "64", "--crop-size", "48", "--per-channel-p"))
-    model = load_global_model(tmp_path / "cat")
-    assert summary["classes"] == 4 and model.descriptor_dim == 512 + 2048
+    from delfx.globalnet.train import train_global_model
+    config = GlobalConfig(model="concat", backbone_weights=str(weights), epochs=1, image_size=64,
+                          crop_size=48, per_channel_p=True, validation_share=0.0)
+    result = train_global_model(data / "train.csv", data / "train.csv", tmp_path / "cat", config)
+    model = result.model
+    assert result.num_classes == 4 and model.descriptor_dim == 512 + 2048
     assert model.embedder.get_layer("resnet50_gem").p.shape == (2048,)
+    assert json.loads((tmp_path / "cat" / "config.json").read_text())["global_model"] == config.to_dict()
     from delfx.extractor.images import load_image
     vectors = model.embed([load_image(data / sample_dataset.images[0].path)])
     assert vectors.shape == (1, 2560)
@@ -245,3 +247,22 @@ def test_concat_model_with_user_resnet_weights(sample_dataset, tmp_path):
     result = CliRunner().invoke(cli, ["train", str(data / "train.csv"), str(data / "train.csv"),
                                       str(tmp_path / "r"), "--model", "gem-resnet50"])
     assert result.exit_code != 0 and "needs ResNet50 weights" in result.output
+
+
+@pytest.mark.slow
+def test_search_with_global_shortlist(trained):
+    root, _ = trained
+    lines = _invoke("search", root / "index", root / "gallery", root / "queries",
+                    "--global-shortlist", "--shortlist", "3", "--top", "3")
+    results = [json.loads(line) for line in lines.splitlines()]
+    with FeatureSet(root / "queries") as fs:
+        assert {r["query"] for r in results} == set(fs.image_ids)
+    for query in {r["query"] for r in results}:
+        mine = [r for r in results if r["query"] == query]
+        assert 1 <= len(mine) <= 3 and [r["rank"] for r in mine] == list(range(1, len(mine) + 1))
+        assert all(0 < r["votes"] <= 1000 for r in mine)  # cosine x 1000
+    # Landmark queries find a gallery view of their own landmark first.
+    firsts = {r["query"]: r["gallery_id"] for r in results if r["rank"] == 1}
+    landmark = [q for q in firsts if not q.startswith("non_landmark")]
+    hits = sum(firsts[q].split("/")[0] == q.split("/")[0] for q in landmark)
+    assert hits / len(landmark) >= 0.75

@@ -27,6 +27,7 @@ landmark": an empty prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ import numpy as np
 from delfx.classifier.calibration import Calibration
 from delfx.errors import DelfxError
 from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
-from delfx.index.search import SearchConfig, search_one, vote
+from delfx.index.search import SearchConfig, search_one, shortlist_one, vote
 from delfx.store import FeatureSet, ImageFeatures
 
 log = logging.getLogger(__name__)
@@ -158,31 +159,16 @@ class Recognizer:
                 best[label] = Candidate(label, 0.0, result.inliers, result.num_matches, image_id)
         return best
 
-    def _shortlist(self, query: ImageFeatures, exclude: str | None) -> dict[str, Candidate]:
+    def _shortlist(self, query: ImageFeatures, exclude_self: bool) -> dict[str, Candidate]:
         """Best verified image per landmark among the nearest gallery images by global descriptor."""
-        if query.global_descriptor is None:
-            raise DelfxError(f"query {query.image_id} has no global descriptor (extract with "
-                             f"--global-model)")
-        k = self.config.shortlist + (exclude is not None)
-        _, ids = self.global_index.search(query.global_descriptor, k)
-        ids = [i for i in ids[0] if i != exclude][:self.config.shortlist]
-        pairs, owners = [], []
-        for image_id in ids:
-            label = self.labels.get(image_id)
-            if not label or not query.num_features:
-                continue
-            candidate = self.gallery.get(image_id)
-            matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
-            pairs.append((query.locations, candidate.locations, matches,
-                          {"image_size_b": (candidate.height, candidate.width)}))
-            owners.append((label, image_id))
-        search = self.config.search
-        results = verify_pairs(pairs, workers=search.workers, model=search.model,
-                               relative_threshold=search.relative_threshold, seed=search.seed)
+        search = dataclasses.replace(self.config.search, shortlist=self.config.shortlist,
+                                     top=self.config.shortlist)
         best: dict[str, Candidate] = {}
-        for (label, image_id), result in zip(owners, results):
-            if label not in best or result.inliers > best[label].inliers:
-                best[label] = Candidate(label, 0.0, result.inliers, result.num_matches, image_id)
+        for result in shortlist_one(query, self.global_index, self.gallery, search, exclude_self):
+            label = self.labels.get(result.gallery_id)
+            if label and (label not in best or result.inliers > best[label].inliers):
+                best[label] = Candidate(label, 0.0, result.inliers, result.matches,
+                                        result.gallery_id)
         return best
 
     def candidates(self, query: ImageFeatures, exclude_self: bool = False) -> list[Candidate]:
@@ -190,7 +176,7 @@ class Recognizer:
         mode, by_label = self.config.mode, {}
         exclude = query.image_id if exclude_self else None
         if mode == "shortlist":
-            by_label = self._shortlist(query, exclude)
+            by_label = self._shortlist(query, exclude_self)
         votes: dict[int, int] = {}
         if mode in ("retrieval", "fused") and query.num_features:
             excluded = {self.index.mapping_positions[exclude]} if exclude in self.index.mapping_positions else set()
