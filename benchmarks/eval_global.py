@@ -126,6 +126,7 @@ def run_fold(name: str, gallery: Sequence[Photo], queries: Sequence[Photo], full
             "gem_p": float(np.mean([np.mean(model.embedder.get_layer(f"{b}_gem").get_weights()[0])
                                     for b in config.backbones]))}
         ids = [p.image_id for p in queries]
+        model.embed([pixels[i] for i in ids[:16]])  # trace once, outside the timing
         start = time.perf_counter()
         embedded = model.embed([pixels[i] for i in ids])
         out["models"][model_name]["embed_images_per_s"] = len(ids) / (time.perf_counter() - start)

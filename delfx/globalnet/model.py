@@ -257,7 +257,10 @@ class GlobalModel:
         out = np.zeros((len(images), self.descriptor_dim), dtype=np.float32)
         for i in range(0, len(images), batch_size):
             x = prepare_images(images[i:i + batch_size], self.config.image_size)
-            out[i:i + len(x)] = np.asarray(self.embedder.predict_on_batch(x))
+            n = len(x)
+            if 1 < n < batch_size:  # pad: every new batch shape costs Keras a retrace
+                x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+            out[i:i + n] = np.asarray(self.embedder.predict_on_batch(x))[:n]
         return out
 
     def predict_descriptors(self, descriptors: np.ndarray, batch_size: int = 1024) -> np.ndarray:
