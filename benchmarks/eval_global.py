@@ -26,7 +26,8 @@ Data:
 * `delfx sample-data` (8 landmarks, 5 synthetic views each + 8 non-landmarks): its train split
   is the gallery, its query split the queries (non-landmarks are queries too).
 
-Also measured: training and inference throughput (whole images/s through each network), and the
+Also measured: training and inference throughput (whole images/s through each network; for
+delf-bottleneck, images/s from features already extracted: its `*_features_per_s` keys), and the
 extra bytes per image that storing the global descriptor adds to the shards (the same gallery
 written with and without it).
 
