@@ -32,7 +32,7 @@ class ExtractWorker:
         from delfx import tf_quiet
         from delfx.extractor.models import create_model
         config_obj = ExtractConfig(**{**config, "scales": tuple(config["scales"])})
-        if config_obj.model != "rootsift":
+        if config_obj.model != "rootsift" or global_model is not None:  # TensorFlow runs here
             tf = tf_quiet.import_tensorflow()
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
