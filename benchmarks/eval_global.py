@@ -26,6 +26,11 @@ Data:
 * `delfx sample-data` (8 landmarks, 5 synthetic views each + 8 non-landmarks): its train split
   is the gallery, its query split the queries (non-landmarks are queries too).
 
+Throughput of all three GeM models side by side (``throughput``): each is trained for
+`THROUGHPUT_EPOCHS` epochs on the sample-data gallery and embeds its queries; without
+``--resnet-weights`` the ResNet50 branch gets random weights saved to a file (speed does not
+depend on the weights; no quality figure is taken from them).
+
 Also measured: training and inference throughput (whole images/s through each network; for
 delf-bottleneck, images/s from features already extracted: its `*_features_per_s` keys), and the
 extra bytes per image that storing the global descriptor adds to the shards (the same gallery
@@ -58,6 +63,7 @@ from delfx.config import ExtractConfig
 
 MAX_SIDE = 512
 SHORTLISTS = (10, 30)
+THROUGHPUT_EPOCHS = 3
 log = logging.getLogger("eval_global")
 
 
@@ -216,6 +222,39 @@ def _write_with_global(plain_dir: Path, out_dir: Path, records, global_model: di
     manifest.record(out_dir, writer.info)
 
 
+def throughput(gallery: Sequence[Photo], queries: Sequence[Photo], root: Path, args
+               ) -> dict[str, Any]:
+    """Training and inference images/s of gem-vgg16, gem-resnet50 and concat, one run."""
+    from delfx.extractor.images import load_image
+    from delfx.globalnet.model import GlobalConfig
+    from delfx.globalnet.train import train_global_model
+    root.mkdir(parents=True, exist_ok=True)
+    weights, random_weights = args.resnet_weights, False
+    if weights is None:
+        import keras
+        weights, random_weights = str(root / "resnet50-random.weights.h5"), True
+        keras.applications.ResNet50(include_top=False, weights=None).save_weights(weights)
+    labels_csv = _write_labels(root / "gallery.csv", gallery)
+    images = [load_image(p.path) for p in queries]
+    out: dict[str, Any] = {"epochs": THROUGHPUT_EPOCHS, "random_resnet_weights": random_weights,
+                           "models": {}}
+    for name in ("gem-vgg16", "gem-resnet50", "concat"):
+        config = GlobalConfig(model=name, backbone_weights=weights, image_size=args.image_size,
+                              crop_size=args.crop_size, epochs=THROUGHPUT_EPOCHS,
+                              validation_share=0.0, seed=0)
+        result = train_global_model(labels_csv, labels_csv, root / name, config)
+        result.model.embed(images[:16])  # trace once, outside the timing
+        start = time.perf_counter()
+        result.model.embed(images)
+        out["models"][name] = {
+            "train_images_per_s": result.train_images_per_s,
+            "inference_images_per_s": len(images) / (time.perf_counter() - start),
+            "descriptor_dim": result.model.descriptor_dim,
+            "model_bytes": (root / name / "model.keras").stat().st_size}
+        log.info("throughput of %s measured", name)
+    return out
+
+
 def score(folds: list[dict[str, Any]], truth: dict[str, str | None]) -> dict[str, Any]:
     from delfx.metrics import Prediction, accuracy, gap
     results = {}
@@ -286,6 +325,15 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"{name}: storage", f"{s['bytes_per_image_without']:.0f} B/image without, "
                      f"{s['bytes_per_image_with']:.0f} with the {s['global_dim']:.0f}-d global "
                      f"descriptor: +{s['extra_bytes_per_image']:.0f} B/image"))
+    t = report.get("throughput")
+    if t:
+        for name, m in t["models"].items():
+            rows.append((f"throughput: {name}", f"training {m['train_images_per_s']:.1f} images/s, "
+                         f"inference {m['inference_images_per_s']:.1f} images/s, "
+                         f"{m['descriptor_dim']}-d, model.keras {m['model_bytes'] / 1e6:.0f} MB"))
+        rows.append(("throughput: note", f"{t['epochs']} epochs on the sample-data gallery; "
+                     + ("random ResNet50 weights (speed only)" if t["random_resnet_weights"]
+                        else "given ResNet50 weights")))
     rows.append(("skipped", report["skipped"] or "nothing"))
     la = report["load_average"]
     rows.append(("load average", f"{la['before'][0]:.2f} before, {la['after'][0]:.2f} after "
@@ -306,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--crop-size", type=int, default=128)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="skip the side-by-side throughput of the three GeM models")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (15 if args.quick else 30)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -313,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start_all, load_before = time.perf_counter(), os.getloadavg()
     datasets, skipped = [], []
     if not args.resnet_weights:
-        skipped.append("gem-resnet50 and concat: no --resnet-weights (no ImageNet ResNet50 "
+        skipped.append("gem-resnet50 and concat quality: no --resnet-weights (no ImageNet ResNet50 "
                        "weights can be installed offline)")
     with tempfile.TemporaryDirectory(prefix="eval-global-") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -331,12 +381,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gallery, queries = sample_photos(workdir / "sample" / "data", args.quick)
         datasets.append(evaluate_dataset("sample-data", [("sample", gallery, queries)],
                                          gallery + queries, workdir / "sample", args))
+        speed = (None if args.no_throughput else
+                 throughput(gallery, queries, workdir / "throughput", args))
     protocol = (f"GeM models: frozen backbone, image {args.image_size}² squashed, random crops "
                 f"{args.crop_size}² + flips, {args.epochs} epochs max, BCE + Adam + "
                 f"ReduceLROnPlateau, seed 0; delf-bottleneck: pool head, {args.epochs * 2} epochs; "
                 f"local features RootSIFT max_side {MAX_SIDE}; verification MNN + affine RANSAC; "
                 f"landmarks-dev folds as eval_recognition, GAP pooled over folds")
     report = {"protocol": protocol, "quick": args.quick, "datasets": datasets,
+              "throughput": speed,
               "skipped": "; ".join(skipped),
               "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
               "seconds": time.perf_counter() - start_all}

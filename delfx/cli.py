@@ -516,9 +516,11 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
     if model_name == "delf-bottleneck":
         from delfx.classifier.model import ClassifierConfig
         from delfx.classifier.train import train_classifier
-        for name in ("backbone_weights", "image_size", "crop_size"):
-            if name in changes:
-                raise click.UsageError(f"--{name.replace('_', '-')} is for the GeM models")
+        given = [n for n in ("backbone_weights", "image_size", "crop_size") if n in changes]
+        given += [n for n, flag in (("per_channel_p", per_channel_p), ("fine_tune", fine_tune))
+                  if flag]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} is for the GeM models")
         result = train_classifier(input_path, labels_csv, out_dir,
                                   ClassifierConfig().replace(**changes), overwrite=overwrite)
         train_rate, infer_rate = result.train_samples_per_s, result.inference_samples_per_s

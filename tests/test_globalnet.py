@@ -266,3 +266,13 @@ def test_search_with_global_shortlist(trained):
     landmark = [q for q in firsts if not q.startswith("non_landmark")]
     hits = sum(firsts[q].split("/")[0] == q.split("/")[0] for q in landmark)
     assert hits / len(landmark) >= 0.75
+
+
+def test_train_refuses_options_of_the_other_kind(tmp_path):
+    (tmp_path / "labels.csv").write_text("id,landmark_id\na,x\n")
+    for args, message in ((["--fine-tune"], "--fine-tune is for the GeM models"),
+                          (["--image-size", "96"], "--image-size is for the GeM models"),
+                          (["--model", "gem-vgg16", "--head", "pool"], "--head is for delf-bottleneck")):
+        result = CliRunner().invoke(cli, ["train", str(tmp_path), str(tmp_path / "labels.csv"),
+                                          str(tmp_path / "out"), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
