@@ -292,16 +292,19 @@ class ShardReader:
             self.heights = f[S.IMAGE_HEIGHT][()]
             self.widths = f[S.IMAGE_WIDTH][()]
             self._features = {name: f[name] for name in S.FEATURE_ARRAYS}
-            self._global = f[S.IMAGE_GLOBAL][()] if self.global_dim else None
+            # Read into memory on first use only (1 kB per image at 512-d float16): a local-only
+            # scan of a shard never pays for it.
+            self._global_dataset = f[S.IMAGE_GLOBAL] if self.global_dim else None
+            self._global = None
         except (KeyError, OSError) as exc:
             raise StoreError(f"{self.path}: damaged shard ({exc})") from None
         n = len(self.image_ids)
         if n != int(f.attrs[S.ATTR_NUM_IMAGES]) or any(
                 len(a) != n for a in (self.offsets, self.counts, self.status, self.heights)):
             raise StoreError(f"{self.path}: damaged shard (image table lengths disagree)")
-        if self._global is not None and self._global.shape != (n, self.global_dim):
+        if self._global_dataset is not None and self._global_dataset.shape != (n, self.global_dim):
             raise StoreError(f"{self.path}: damaged shard (global descriptors "
-                             f"{self._global.shape}, expected {(n, self.global_dim)})")
+                             f"{self._global_dataset.shape}, expected {(n, self.global_dim)})")
         if any(len(d) != self.num_features for d in self._features.values()):
             raise StoreError(f"{self.path}: damaged shard (feature array lengths disagree)")
         expected = np.concatenate([[0], np.cumsum(self.counts)[:-1]]) if n else self.offsets
@@ -335,14 +338,19 @@ class ShardReader:
                              rows[S.FEATURE_DESCRIPTORS], rows[S.FEATURE_SCALES],
                              rows[S.FEATURE_SCORES], int(self.heights[i]), int(self.widths[i]),
                              "ok" if ok else "failed", self.reasons[i], self.messages[i],
-                             None if self._global is None
-                             else self._global[i].astype(np.float32))
+                             None if self._global_dataset is None
+                             else self._global_rows()[i].astype(np.float32))
+
+    def _global_rows(self) -> np.ndarray:
+        if self._global is None:
+            self._global = self._global_dataset[()]
+        return self._global
 
     def global_descriptors(self) -> np.ndarray:
         """(num_images, global_dim) float32 global descriptors (zero rows for failed images)."""
-        if self._global is None:
+        if self._global_dataset is None:
             raise StoreError(f"{self.path}: no global descriptors (extract with --global-model)")
-        return self._global.astype(np.float32)
+        return self._global_rows().astype(np.float32)
 
     def get(self, key: int | str) -> ImageFeatures:
         """One image's record, by position in the shard or by image id."""
