@@ -276,3 +276,24 @@ def test_train_refuses_options_of_the_other_kind(tmp_path):
         result = CliRunner().invoke(cli, ["train", str(tmp_path), str(tmp_path / "labels.csv"),
                                           str(tmp_path / "out"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_global_index_round_trip_and_model_check(tmp_path):
+    from delfx.index.global_index import GlobalIndex
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((20, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"g{i}" for i in range(20)]
+    index = GlobalIndex(vectors, ids, GLOBAL)
+    sims, found = index.search(vectors[[3, 7]], 4)
+    assert [f[0] for f in found] == ["g3", "g7"] and np.allclose(sims[:, 0], 1.0, atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)  # best first
+    index.save(tmp_path)
+    again = GlobalIndex.load(tmp_path)
+    assert again.image_ids == ids and again.model == GLOBAL
+    assert again.search(vectors[5], 1)[1] == [["g5"]]
+    again.check_query_model(dict(GLOBAL), "queries")
+    with pytest.raises(DelfxError, match="do not come from the gallery's global model"):
+        again.check_query_model({**GLOBAL, "hash": "ef" * 32}, "queries")
+    with pytest.raises(DelfxError, match="8-d"):
+        again.search(np.ones((1, 4), np.float32), 1)
