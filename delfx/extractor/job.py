@@ -101,6 +101,10 @@ def _prepare_output(out_dir: Path, identity: RunIdentity, model: dict, overwrite
     identity.save(out_dir)
     if (out_dir / MANIFEST_NAME).exists():
         manifest = Manifest.load(out_dir)
+        if manifest.global_model != model.get("global"):
+            raise DelfxError(f"{out_dir} holds global descriptors {manifest.global_model}, this "
+                             f"run makes {model.get('global')}; refusing to mix them; use "
+                             f"--overwrite or another folder")
         report = verify(out_dir)
         for index in sorted(report.bad_shards & set(manifest.shards)):
             log.warning("shard %d is damaged and will be extracted again", index)
@@ -110,7 +114,8 @@ def _prepare_output(out_dir: Path, identity: RunIdentity, model: dict, overwrite
     else:
         manifest = Manifest(num_shards=identity.num_shards, model_id=model["id"],
                             model_hash=model["hash"], config=recorded_config(config, model),
-                            descriptor_dim=descriptor_dim, descriptor_dtype=config.descriptor_dtype)
+                            descriptor_dim=descriptor_dim, descriptor_dtype=config.descriptor_dtype,
+                            global_model=model.get("global"))
         manifest.save(out_dir)
     return manifest, set(manifest.shards)
 
@@ -223,7 +228,8 @@ def _drive(executor, pool, plan, pending, manifest, out_dir, summary, config, de
                                      descriptor_dtype=config.descriptor_dtype,
                                      model_id=manifest.model_id, model_hash=manifest.model_hash,
                                      config=manifest.config, shard_index=index,
-                                     num_shards=manifest.num_shards)
+                                     num_shards=manifest.num_shards,
+                                     global_model=manifest.global_model)
                 active[index] = _Shard(index, chunks, idle.pop(), writer)
             for shard in list(active.values()):
                 if not shard.chunks:

@@ -225,7 +225,14 @@ def build_index(feature_dir: Path, out_dir: Path, *, factory: str = "auto", npro
                          _indexed_shards(fs), int(index.ntotal), len(mapping.image_ids),
                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          library_versions())
+        global_index = None
+        if fs.global_model:  # schema v2 gallery: also index its global descriptors
+            from delfx.index.global_index import GlobalIndex
+            global_index = GlobalIndex.from_feature_set(fs)
     _save(out_dir, index, mapping, meta)
+    if global_index is not None:
+        global_index.save(out_dir)
+        log.info("global index: %d images, %s", len(global_index), global_index.model["id"])
     return meta
 
 
@@ -302,7 +309,13 @@ def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[in
         mapping = _add_all(index, fs, Mapping.load(index_dir / MAPPING_FILE), only=set(new))
         meta.shards.update({i: fs.manifest.shards[i].sha256 for i in new})
         meta.num_vectors, meta.num_images = int(index.ntotal), len(mapping.image_ids)
+        global_index = None
+        if fs.global_model:  # exact and small: rebuilt whole rather than appended
+            from delfx.index.global_index import GlobalIndex
+            global_index = GlobalIndex.from_feature_set(fs)
     _save(index_dir, index, mapping, meta)
+    if global_index is not None:
+        global_index.save(index_dir)
     return meta, new
 
 

@@ -102,11 +102,46 @@ def search_one(query: ImageFeatures, index: GalleryIndex, gallery: FeatureSet,
             for rank, ((_, votes_), candidate, v) in enumerate(ranked, start=1)]
 
 
-def search_many(queries: Iterable[ImageFeatures], index: GalleryIndex, gallery: FeatureSet,
-                config: SearchConfig, exclude_self: bool = False) -> Iterator[list[Result]]:
+def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, config: SearchConfig,
+                  exclude_self: bool = False) -> list[Result]:
+    """Ranked, verified gallery matches among the `config.shortlist` nearest gallery images by
+    global descriptor (`GlobalIndex`); `votes` is then the cosine similarity x 1000, rounded.
+
+    Global retrieval, then local re-ranking: no local-descriptor index is searched.
+    """
+    from delfx.errors import DelfxError
+    if query.global_descriptor is None:
+        raise DelfxError(f"query {query.image_id} has no global descriptor (extract it with "
+                         f"--global-model)")
+    extra = 1 if exclude_self else 0
+    sims, ids = global_index.search(query.global_descriptor, config.shortlist + extra)
+    near = [(i, float(s)) for i, s in zip(ids[0], sims[0])
+            if not (exclude_self and i == query.image_id)][:config.shortlist]
+    candidates = [gallery.get(i) for i, _ in near]
+    pairs = []
+    for candidate in candidates:
+        matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
+        pairs.append((query.locations, candidate.locations, matches,
+                      {"image_size_b": (candidate.height, candidate.width)}))
+    verified = verify_pairs(pairs, workers=config.workers, model=config.model,
+                            relative_threshold=config.relative_threshold, seed=config.seed)
+    ranked = sorted(zip(near, candidates, verified),
+                    key=lambda t: (-t[2].inliers, -t[0][1], t[1].image_id))[:config.top]
+    return [Result(query.image_id, rank, candidate.image_id, v.inliers, int(round(1000 * sim)),
+                   v.num_matches, float(v.inliers))
+            for rank, ((_, sim), candidate, v) in enumerate(ranked, start=1)]
+
+
+def search_many(queries: Iterable[ImageFeatures], index: GalleryIndex | None, gallery: FeatureSet,
+                config: SearchConfig, exclude_self: bool = False, global_index=None
+                ) -> Iterator[list[Result]]:
+    """search_one per query, or shortlist_one when a global index is given."""
     for query in queries:
         if not query.ok:
             log.warning("query %s skipped: %s (%s)", query.image_id, query.reason, query.message)
             yield []
             continue
-        yield search_one(query, index, gallery, config, exclude_self)
+        if global_index is not None:
+            yield shortlist_one(query, global_index, gallery, config, exclude_self)
+        else:
+            yield search_one(query, index, gallery, config, exclude_self)

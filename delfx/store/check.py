@@ -83,6 +83,10 @@ def _check_shard(root: Path, manifest: Manifest, index: int, report: VerifyRepor
                 report.problem(f"shard {index} ({name}): descriptors {reader.descriptor_dim}-d "
                                f"{reader.descriptor_dtype.name}, manifest says "
                                f"{manifest.descriptor_dim}-d {manifest.descriptor_dtype}", index)
+            if reader.global_model != manifest.global_model:
+                report.problem(f"shard {index} ({name}): global descriptors "
+                               f"{reader.global_model}, manifest says {manifest.global_model}",
+                               index)
             return list(reader.image_ids)
     except StoreError as exc:
         report.problem(f"shard {index} ({name}): {exc}", index)
@@ -152,6 +156,8 @@ def inspect(root: Path) -> dict[str, Any]:
         "features": {"total": totals["features"], "per_ok_image": stats},
         "bytes": {"total": totals["bytes"],
                   "per_image": totals["bytes"] / totals["images"] if totals["images"] else None},
+        "global": manifest.global_model,
+        "schema_version": manifest.schema_version,
         "versions": manifest.versions,
         "created": manifest.created,
         "updated": manifest.updated,

@@ -53,6 +53,19 @@ class FeatureSet:
         return self.manifest.descriptor_dim
 
     @property
+    def global_model(self) -> dict | None:
+        """{"id", "hash", "dim"} of the stored global descriptors, or None (see schema v2)."""
+        return self.manifest.global_model
+
+    def global_descriptors(self) -> np.ndarray:
+        """(num_images, G) float32 global descriptors of every image, by global position."""
+        if not self.global_model:
+            raise StoreError(f"{self.root}: no global descriptors (extract with --global-model)")
+        blocks = [reader.global_descriptors() for _, reader in self._readers_in_order()]
+        return (np.concatenate(blocks) if blocks
+                else np.zeros((0, int(self.global_model["dim"])), np.float32))
+
+    @property
     def num_images(self) -> int:
         return int(self._starts[-1])
 
@@ -69,6 +82,10 @@ class FeatureSet:
                 reader.close()
                 raise StoreError(f"{reader.path}: written by model {reader.model_id}, "
                                  f"the manifest says {self.manifest.model_id}")
+            if reader.global_model != self.manifest.global_model:
+                reader.close()
+                raise StoreError(f"{reader.path}: global descriptors {reader.global_model}, the "
+                                 f"manifest says {self.manifest.global_model}")
             if len(reader) != record.num_images or reader.num_features != record.num_features:
                 reader.close()
                 raise StoreError(f"{reader.path}: holds {len(reader)} images / "

@@ -38,6 +38,7 @@ class Manifest:
     updated: str = field(default_factory=_now)
     versions: dict[str, str] = field(default_factory=library_versions)
     schema_version: int = S.SCHEMA_VERSION
+    global_model: dict[str, Any] | None = None  # v2: {"id", "hash", "dim"} of images/global
 
     @property
     def complete(self) -> bool:
@@ -61,7 +62,7 @@ class Manifest:
                 "model": {"id": self.model_id, "hash": self.model_hash}, "config": self.config,
                 "descriptor_dim": self.descriptor_dim, "descriptor_dtype": self.descriptor_dtype,
                 "num_shards": self.num_shards, "created": self.created, "updated": self.updated,
-                "versions": self.versions, "totals": self.totals(),
+                "versions": self.versions, "totals": self.totals(), "global_model": self.global_model,
                 "shards": [dataclasses.asdict(self.shards[i]) for i in sorted(self.shards)]}
 
     @classmethod
@@ -80,7 +81,8 @@ class Manifest:
                            descriptor_dim=int(data["descriptor_dim"]),
                            descriptor_dtype=data["descriptor_dtype"], shards=shards,
                            created=data["created"], updated=data["updated"],
-                           versions=data["versions"], schema_version=version)
+                           versions=data["versions"], schema_version=version,
+                           global_model=data.get("global_model"))
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{source}: malformed manifest ({exc!r})") from None
         for index, record in shards.items():

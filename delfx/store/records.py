@@ -25,6 +25,8 @@ class ImageFeatures:
         status: "ok" or "failed".
         reason: failure code when failed (see delfx.extractor.images.REASONS), else "".
         message: human-readable failure detail when failed, else "".
+        global_descriptor: (G,) L2-normalised global (GeM) vector of the image, or None when
+            the feature set has none (schema v2, `delfx extract --global-model`).
     """
 
     image_id: str
@@ -37,6 +39,7 @@ class ImageFeatures:
     status: str = "ok"
     reason: str = ""
     message: str = ""
+    global_descriptor: np.ndarray | None = None
 
     @classmethod
     def failed(cls, image_id: str, reason: str, message: str, *, height: int = 0,
@@ -72,10 +75,13 @@ class ImageFeatures:
             raise ValueError(f"{self.image_id}: status must be 'ok' or 'failed', got {self.status!r}")
         if self.status == "failed" and (n or not self.reason):
             raise ValueError(f"{self.image_id}: a failed image has no features and a reason")
+        if self.global_descriptor is not None and np.ndim(self.global_descriptor) != 1:
+            raise ValueError(f"{self.image_id}: global_descriptor must be (G,), got "
+                             f"{np.shape(self.global_descriptor)}")
 
     def sorted_by_score(self) -> "ImageFeatures":
         """A copy with features in descending score order (stable), as shards store them."""
         order = np.argsort(-self.scores.astype(np.float64), kind="stable")
         return ImageFeatures(self.image_id, self.locations[order], self.descriptors[order],
                              self.scales[order], self.scores[order], self.height, self.width,
-                             self.status, self.reason, self.message)
+                             self.status, self.reason, self.message, self.global_descriptor)

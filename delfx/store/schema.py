@@ -3,15 +3,19 @@
 A feature set is a folder with `manifest.json` and N shard files `shard-<i>-of-<N>.h5`. Each shard
 holds flat, chunked arrays plus a per-image offsets table (never one HDF5 group per image: that
 layout slows to a crawl past ~15k images, and reads 100x slower than flat arrays here, see
-docs/FORMAT.md). Every name below is part of schema version 1; changing any of them means a new
+docs/FORMAT.md). Every name below is part of the schema; changing any of them means a new
 schema version and a reader that still understands (or clearly refuses) the old one.
+
+Versions: 1 = local features only. 2 adds an optional per-image global descriptor
+(`images/global` and the `global_*` attributes; a shard without one has global_dim 0). Version 1
+shards and manifests are still read (as having no global descriptor); newer versions are refused.
 """
 
 from __future__ import annotations
 
 FORMAT_NAME = "delfx-features"
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "delfx-manifest"
@@ -31,6 +35,10 @@ IMAGE_REASON = "images/reason"    # vlen string: failure code ("" when ok), e.g.
 IMAGE_MESSAGE = "images/message"  # vlen string: human-readable failure detail ("" when ok)
 IMAGE_HEIGHT = "images/height"    # int32: original image height in pixels (after EXIF orientation)
 IMAGE_WIDTH = "images/width"      # int32: original image width (0 when the image could not be read)
+
+# v2, only when the shard has global descriptors: (num_images, global_dim) of the descriptor
+# dtype, the L2-normalised GeM vector of each image (a zero row for failed images).
+IMAGE_GLOBAL = "images/global"
 
 IMAGE_TABLE = (IMAGE_ID, IMAGE_OFFSET, IMAGE_COUNT, IMAGE_STATUS, IMAGE_REASON, IMAGE_MESSAGE,
                IMAGE_HEIGHT, IMAGE_WIDTH)
@@ -65,6 +73,10 @@ ATTR_DESCRIPTOR_DIM = "descriptor_dim"
 ATTR_DESCRIPTOR_DTYPE = "descriptor_dtype"
 ATTR_NUM_IMAGES = "num_images"
 ATTR_NUM_FEATURES = "num_features"
+# v2: the global model that made images/global (global_dim 0 and empty strings when none).
+ATTR_GLOBAL_DIM = "global_dim"
+ATTR_GLOBAL_MODEL_ID = "global_model_id"
+ATTR_GLOBAL_MODEL_HASH = "global_model_hash"
 
 # Rows per HDF5 chunk of the feature arrays: 4096 x 40 float16 = 320 KiB, large enough that a
 # full scan is a few big reads, small enough that a random image costs one chunk.

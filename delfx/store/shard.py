@@ -58,7 +58,8 @@ class ShardWriter:
 
     def __init__(self, path: Path, *, descriptor_dim: int, descriptor_dtype: str = "float32",
                  model_id: str, model_hash: str, config: dict[str, Any], shard_index: int = 0,
-                 num_shards: int = 1, buffer_rows: int = 1 << 16):
+                 num_shards: int = 1, buffer_rows: int = 1 << 16,
+                 global_model: dict[str, Any] | None = None):
         if descriptor_dtype not in S.DESCRIPTOR_DTYPES:
             raise StoreError(f"descriptor dtype must be one of {S.DESCRIPTOR_DTYPES}, "
                              f"got {descriptor_dtype!r}")
@@ -66,6 +67,10 @@ class ShardWriter:
         self.descriptor_dim = int(descriptor_dim)
         self.descriptor_dtype = np.dtype(descriptor_dtype)
         self.shard_index, self.num_shards = int(shard_index), int(num_shards)
+        # {"id", "hash", "dim"} of the global model, or None: no images/global dataset.
+        self.global_model = global_model
+        self.global_dim = int(global_model["dim"]) if global_model else 0
+        self._globals: list[np.ndarray] = []
         self.tmp_path = self.path.with_name(f"{self.path.name}{PARTIAL_MARKER}{os.getpid()}")
         self._buffer_rows = buffer_rows
         self._ids: list[str] = []
@@ -91,6 +96,9 @@ class ShardWriter:
         attrs[S.ATTR_NUM_SHARDS] = self.num_shards
         attrs[S.ATTR_DESCRIPTOR_DIM] = self.descriptor_dim
         attrs[S.ATTR_DESCRIPTOR_DTYPE] = self.descriptor_dtype.name
+        attrs[S.ATTR_GLOBAL_DIM] = self.global_dim
+        attrs[S.ATTR_GLOBAL_MODEL_ID] = global_model["id"] if global_model else ""
+        attrs[S.ATTR_GLOBAL_MODEL_HASH] = global_model["hash"] if global_model else ""
         chunk = S.FEATURE_CHUNK_ROWS
         self._datasets = {
             S.FEATURE_LOCATIONS: self._file.create_dataset(
@@ -124,6 +132,16 @@ class ShardWriter:
         if features.image_id in self._seen:
             raise StoreError(f"image id {features.image_id!r} added twice to {self.path.name}")
         features.validate(self.descriptor_dim)
+        if self.global_dim:
+            vector = features.global_descriptor
+            if vector is None and features.ok:
+                raise StoreError(f"{features.image_id}: no global descriptor, and the shard "
+                                 f"stores one per image")
+            if vector is not None and np.shape(vector) != (self.global_dim,):
+                raise StoreError(f"{features.image_id}: global descriptor of shape "
+                                 f"{np.shape(vector)}, the shard stores ({self.global_dim},)")
+            self._globals.append(np.zeros(self.global_dim, np.float32) if vector is None
+                                 else np.asarray(vector, np.float32))
         features = features.sorted_by_score()
         n = features.num_features
         self._seen.add(features.image_id)
@@ -174,6 +192,10 @@ class ShardWriter:
                     self._file.create_dataset(name, data=np.asarray(values, dtype=dtypes[name]))
                 else:
                     self._file.create_dataset(name, data=np.array(values, dtype=object), dtype=string)
+            if self.global_dim:
+                vectors = (np.stack(self._globals) if self._globals
+                           else np.zeros((0, self.global_dim), np.float32))
+                self._file.create_dataset(S.IMAGE_GLOBAL, data=vectors.astype(self.descriptor_dtype))
             status = np.asarray(self._table[S.IMAGE_STATUS], dtype=np.uint8)
             attrs = self._file.attrs
             attrs[S.ATTR_NUM_IMAGES] = len(self._ids)
@@ -252,6 +274,11 @@ class ShardReader:
         self.descriptor_dim = int(attrs[S.ATTR_DESCRIPTOR_DIM])
         self.descriptor_dtype = np.dtype(str(attrs[S.ATTR_DESCRIPTOR_DTYPE]))
         self.num_features = int(attrs[S.ATTR_NUM_FEATURES])
+        # v1 shards predate global descriptors: read as having none.
+        self.global_dim = int(attrs.get(S.ATTR_GLOBAL_DIM, 0)) if version >= 2 else 0
+        self.global_model = ({"id": str(attrs[S.ATTR_GLOBAL_MODEL_ID]),
+                              "hash": str(attrs[S.ATTR_GLOBAL_MODEL_HASH]),
+                              "dim": self.global_dim} if self.global_dim else None)
 
     def _load_table(self) -> None:
         f = self._file
@@ -265,12 +292,19 @@ class ShardReader:
             self.heights = f[S.IMAGE_HEIGHT][()]
             self.widths = f[S.IMAGE_WIDTH][()]
             self._features = {name: f[name] for name in S.FEATURE_ARRAYS}
+            # Read into memory on first use only (1 kB per image at 512-d float16): a local-only
+            # scan of a shard never pays for it.
+            self._global_dataset = f[S.IMAGE_GLOBAL] if self.global_dim else None
+            self._global = None
         except (KeyError, OSError) as exc:
             raise StoreError(f"{self.path}: damaged shard ({exc})") from None
         n = len(self.image_ids)
         if n != int(f.attrs[S.ATTR_NUM_IMAGES]) or any(
                 len(a) != n for a in (self.offsets, self.counts, self.status, self.heights)):
             raise StoreError(f"{self.path}: damaged shard (image table lengths disagree)")
+        if self._global_dataset is not None and self._global_dataset.shape != (n, self.global_dim):
+            raise StoreError(f"{self.path}: damaged shard (global descriptors "
+                             f"{self._global_dataset.shape}, expected {(n, self.global_dim)})")
         if any(len(d) != self.num_features for d in self._features.values()):
             raise StoreError(f"{self.path}: damaged shard (feature array lengths disagree)")
         expected = np.concatenate([[0], np.cumsum(self.counts)[:-1]]) if n else self.offsets
@@ -303,7 +337,20 @@ class ShardReader:
         return ImageFeatures(self.image_ids[i], rows[S.FEATURE_LOCATIONS],
                              rows[S.FEATURE_DESCRIPTORS], rows[S.FEATURE_SCALES],
                              rows[S.FEATURE_SCORES], int(self.heights[i]), int(self.widths[i]),
-                             "ok" if ok else "failed", self.reasons[i], self.messages[i])
+                             "ok" if ok else "failed", self.reasons[i], self.messages[i],
+                             None if self._global_dataset is None
+                             else self._global_rows()[i].astype(np.float32))
+
+    def _global_rows(self) -> np.ndarray:
+        if self._global is None:
+            self._global = self._global_dataset[()]
+        return self._global
+
+    def global_descriptors(self) -> np.ndarray:
+        """(num_images, global_dim) float32 global descriptors (zero rows for failed images)."""
+        if self._global_dataset is None:
+            raise StoreError(f"{self.path}: no global descriptors (extract with --global-model)")
+        return self._global_rows().astype(np.float32)
 
     def get(self, key: int | str) -> ImageFeatures:
         """One image's record, by position in the shard or by image id."""
