@@ -125,10 +125,24 @@ def _recognition(d: dict) -> Headline:
             for mode, kinds in res.items() for kind, r in kinds.items()]
 
 
+def _global(d: dict) -> Headline:
+    out = []
+    for ds in d["datasets"]:
+        for system, r in ds["results"].items():
+            per_query = r.get("seconds_per_query")
+            out.append((f"{ds['dataset']}: {system}", f"GAP {r['gap']:.3f}, top-1 {r['top1']:.3f}"
+                        + (f", {per_query:.2f} s/query" if per_query is not None else "")))
+    for name, m in d.get("throughput", {}).get("models", {}).items():
+        out.append((f"{name} throughput (training / inference)",
+                    f"{m['train_images_per_s']:.1f} / {m['inference_images_per_s']:.1f} images/s"))
+    return out
+
+
 HEADLINES: dict[str, Callable[[dict], Headline]] = {
     "store": _store, "extract": _extract, "scaling": _scaling, "roofline": _roofline,
     "ray": _ray, "verify": _verify, "index": _index, "classify": _classify,
-    "local_features": _local_features, "retrieval": _retrieval, "recognition": _recognition}
+    "local_features": _local_features, "retrieval": _retrieval, "recognition": _recognition,
+    "global": _global}
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +294,8 @@ PLOTS: dict[str, Callable[[dict, Path], list[Path]]] = {
                                                "Local features on real photos (leave-one-out)", out),
     "recognition": lambda d, out: _plot_gap(_recognition(d), "recognition",
                                             "Recognition GAP per mode (real photos)", out),
+    "global": lambda d, out: _plot_gap([h for h in _global(d) if h[0].startswith("landmarks-dev")],
+                                       "global", "Global vs local systems, GAP (real photos)", out),
 }
 
 

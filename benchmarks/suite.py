@@ -111,6 +111,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("recognition", "eval_recognition", "Recognition on real photos",
           "3-fold recognition GAP and accuracy of retrieval, classifier and fused modes.",
           needs_shared=True),
+    Stage("global", "eval_global", "Global models (GeM) on real photos",
+          "The reference study's systems side by side on the same folds: GeM-VGG16 and the DELF "
+          "bottleneck as classifiers, local voting against the GeM shortlist + verification; "
+          "training and inference throughput of every GeM model; extra storage per image.",
+          needs_shared=True,
+          notes="Without ImageNet ResNet50 weights (none install offline) gem-resnet50 and concat "
+                "are measured for speed only, with random weights."),
 )
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
