@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
                                                 f"block4 (hed) at SIFT keypoints, whitened")
                 path = cnn.save(OUT / SHIPPED_PCA["delf-hybrid-cnn"])
                 print(f"delf-hybrid cnn: 512 -> {cnn.out_dim}, digest {cnn.digest()[:16]}, {path}")
+            # delf-hybrid's final PCA is whitened: unwhitened, the 40 leading axes of its
+            # 208-d descriptors are mostly RootSIFT's and the CNN parts' gain is lost
+            # (landmarks-dev LOO GAP 0.50 unwhitened vs 0.55 whitened, docs/MODELS.md).
             pca = fit_model_pca(config, items, dim=dim, max_per_image=500,
+                                whiten=model == "delf-hybrid",
                                 source=f"scripts/fit_builtin_pca.py: delfx sample-data "
                                        f"(10 landmarks x 6 views + 8 non-landmarks, long side "
                                        f"640, seed 0), preset fast, top 500 descriptors per "

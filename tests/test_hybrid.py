@@ -38,11 +38,12 @@ def test_combine_gives_unit_vectors_and_weights_the_cnn_part():
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     b = rng.normal(size=(5, CNN_DIM)).astype(np.float32)
     b /= np.linalg.norm(b, axis=1, keepdims=True)
-    out = combine(a, b, 1.0)
-    assert out.shape == (5, RAW_DIM)
+    out = combine(a, [b, b], np.sqrt(0.5))
+    assert out.shape == (5, 128 + 2 * CNN_DIM)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-6)
+    # the CNN parts together weigh as much as RootSIFT
     np.testing.assert_allclose(out[:, :128], a / np.sqrt(2), atol=1e-6)
-    heavy = combine(a, b, 2.0)
+    heavy = combine(a, [b], 2.0)
     assert np.all(np.linalg.norm(heavy[:, 128:], axis=1) > np.linalg.norm(heavy[:, :128], axis=1))
 
 
@@ -91,6 +92,12 @@ def test_hybrid_config_errors():
         HybridModel(ExtractConfig(model="delf-hybrid", descriptor_dim=40), cnn_pca=cnn, pca=wrong)
     with pytest.raises(DelfxError, match="CNN PCA"):
         HybridModel(ExtractConfig(model="delf-hybrid", descriptor_dim=0), cnn_pca=wrong)
+
+
+def test_search_verifies_hybrid_keypoints_at_sift_precision(hybrid):
+    from delfx.index.search import default_threshold
+    assert default_threshold(hybrid.model_id) == default_threshold("rootsift+pca40") == 0.01
+    assert default_threshold("delf-vgg16-hed+norm+pca40") == 0.03
 
 
 def test_hybrid_hash_tracks_its_output(hybrid):

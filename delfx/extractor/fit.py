@@ -75,10 +75,10 @@ def fit_hybrid_cnn_pca(config: ExtractConfig, items: Sequence[ImageItem], *, dim
         resized = prepare_image(image, config)[0]
         locations = detect_rootsift(resized, config.max_features)[0][:max_per_image]
         if len(locations):
-            blocks.append(sampler(resized, locations))
+            blocks.extend(sampler(resized, locations))  # every scale's samples, pooled
     if not blocks:
         raise DelfxError("no image gave any SIFT keypoint")
     samples = np.concatenate(blocks)
     log.info("fitting the hybrid CNN PCA (%d-d, whitened) on %d samples from %d images",
-             dim, len(samples), len(blocks))
+             dim, len(samples), len(blocks) // len(sampler.scales))
     return fit_pca(samples, dim, whiten=True, source=source, seed=seed)

