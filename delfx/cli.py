@@ -208,7 +208,8 @@ def fit_pca(images: Path, out: Path, dim: int, whiten: bool, max_images: int, se
     from delfx.inputs import list_images
     config = resolve_config(kwargs)
     if config.model == "auto":
-        config = config.replace(model="rootsift")
+        from delfx.extractor.models import OFFLINE_DEFAULT
+        config = config.replace(model=OFFLINE_DEFAULT)
     pca = fit_model_pca(config, list_images(images), dim=dim, whiten=whiten,
                         max_images=max_images, seed=seed)
     pca.save(out)

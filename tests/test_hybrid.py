@@ -107,6 +107,7 @@ def test_hybrid_hash_tracks_its_output(hybrid):
     assert other.model_hash != hybrid.model_hash and same.model_hash == hybrid.model_hash
 
 
+@pytest.mark.slow
 def test_hybrid_through_extract_search_and_refused_export(sample_dataset, tmp_path):
     """extract (in-process) -> build-index -> search with queries extracted by the rebuilt
     model: every landmark query finds its landmark first; export-model refuses in one line."""

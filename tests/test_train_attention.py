@@ -38,6 +38,7 @@ def trained(sample_dataset, tmp_path_factory):
     return out, json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_a_model_directory(trained):
     out, printed = trained
     info = read_model_dir(out)
@@ -53,6 +54,7 @@ def test_training_lowers_the_loss_and_writes_a_model_directory(trained):
     assert "re-fitted" in info["pca_source"]
 
 
+@pytest.mark.slow
 def test_trained_model_extracts_and_exports(trained, sample_dataset, tmp_path):
     """--model delf-vgg16 --model-path DIR: attention scores, the directory's PCA, and the
     official-signature export gives the same features."""
@@ -84,6 +86,7 @@ def test_trained_model_extracts_and_exports(trained, sample_dataset, tmp_path):
     np.testing.assert_allclose(theirs.descriptors, ours.descriptors, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_finetuning_the_last_block_and_refusals(sample_dataset, tmp_path):
     from delfx.extractor.models import create_model
     from delfx.extractor.train_attention import train_attention
