@@ -31,6 +31,10 @@ ROWS = [
     ("rootsift", "seed128", {}, 100),
     ("rootsift", "fast", {}, 100),
     ("rootsift", "delf", {}, 100),
+    # SIFT keypoints + VGG16 block4 at two scales of the working image
+    ("delf-hybrid", "seed128", {}, 50),
+    ("delf-hybrid", "fast", {}, 50),
+    ("delf-hybrid", "delf", {}, 30),
 ]
 
 

@@ -90,6 +90,10 @@ def default_specs(max_side: int = MAX_SIDE, quick: bool = False) -> list[ModelSp
     specs = [
         ModelSpec("rootsift pca40", rootsift, SIFT_THRESHOLD_PX),
         ModelSpec("rootsift raw128", rootsift.replace(descriptor_dim=128), SIFT_THRESHOLD_PX),
+        # RootSIFT's keypoints, so RootSIFT's threshold
+        ModelSpec("delf-hybrid pca40", hybrid_config(max_side), SIFT_THRESHOLD_PX),
+        ModelSpec("delf-hybrid raw208", hybrid_config(max_side).replace(descriptor_dim=0),
+                  SIFT_THRESHOLD_PX),
         ModelSpec("delf-vgg16 hed fast", fast, CELL_THRESHOLD_PX),
     ]
     if not quick:
@@ -99,6 +103,18 @@ def default_specs(max_side: int = MAX_SIDE, quick: bool = False) -> list[ModelSp
     specs.append(ModelSpec("delf-vgg16 random fast", fast, CELL_THRESHOLD_PX, random_weights=True,
                            pca_sample=(3, 1, 2, 320) if quick else (10, 2, 4, 512)))
     return specs
+
+
+def hybrid_config(max_side: int = MAX_SIDE) -> ExtractConfig:
+    """delf-hybrid with the default config (shipped whitened PCA to 40-d), top 1000 keypoints."""
+    return ExtractConfig(model="delf-hybrid", max_side=max_side, max_features=1000)
+
+
+def trained_spec(model_dir: Path, max_side: int = MAX_SIDE) -> ModelSpec:
+    """The VGG16 network with an attention head from `delfx train-delf` (fast preset)."""
+    config = PRESETS["fast"].replace(model="delf-vgg16", max_side=max_side,
+                                     model_path=str(model_dir))
+    return ModelSpec("delf-vgg16 trained-attention fast", config, CELL_THRESHOLD_PX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +167,34 @@ def select_subset(photos: Sequence[Photo], landmarks: int, per_landmark: int,
             scenes.add(scene)
             chosen.append(photo)
     return chosen
+
+
+def landmark_halves(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
+    """(training half, evaluation half): landmarks alternate in file order; the non-landmark
+    photos all go to the evaluation half (distractors there, never trained on)."""
+    order = list(dict.fromkeys(p.landmark for p in photos if p.landmark is not None))
+    train = set(order[0::2])
+    return ([p for p in photos if p.landmark in train],
+            [p for p in photos if p.landmark not in train])
+
+
+def sample_data_photos(root: Path, landmarks: int = 10, views: int = 5, non_landmarks: int = 10,
+                       long_side: int = 640, seed: int = 1) -> list[Photo]:
+    """A `delfx sample-data` set as evaluation photos. Seed 1: other synthetic views (and other
+    distractors) than the seed-0 set the shipped PCAs were fitted on."""
+    from delfx.sample_data import write_sample_data
+    data = write_sample_data(root, landmarks=landmarks, views=views, non_landmarks=non_landmarks,
+                             long_side=long_side, seed=seed)
+    return [Photo(i.id, str(data.root / i.path), i.landmark_id) for i in data.images]
+
+
+def train_delf_model(photos: Sequence[Photo], out_dir: Path, epochs: int = 30) -> dict[str, Any]:
+    """`delfx train-delf` (frozen backbone, defaults) on labelled photos; the model summary."""
+    from delfx.extractor.train_attention import AttentionTrainConfig, train_attention
+    items = [ImageItem(p.image_id, p.path) for p in photos]
+    labels = {p.image_id: p.landmark for p in photos}
+    return train_attention(items, labels, out_dir, AttentionTrainConfig(epochs=epochs),
+                           overwrite=True)
 
 
 def load_planar_pairs(data_dir: Path) -> list[dict[str, str]]:
@@ -610,21 +654,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path,
                         help="shared data folder (default: $DELFX_SHARED_DATA or ../shared/data)")
     parser.add_argument("--models", help="comma-separated substrings of model labels to run")
+    parser.add_argument("--sample-data", action="store_true",
+                        help="evaluate on a generated `delfx sample-data` set (seed 1) instead of "
+                             "landmarks-dev (no planar pairs)")
+    parser.add_argument("--train-delf", choices=["landmarks-half", "sample-data"],
+                        help="also train the attention head (delfx train-delf) and evaluate it: "
+                             "on every other landmark of landmarks-dev (then every model is "
+                             "evaluated on the other landmarks + all non-landmarks), or on a "
+                             "seed-0 sample-data set")
+    parser.add_argument("--train-epochs", type=int, default=30)
     args = parser.parse_args(argv)
     data_dir = resolve_data_dir(args.data)
-    if not (data_dir / "landmarks-dev" / "labels.csv").is_file() \
-            or not (data_dir / "planar" / "pairs.csv").is_file():
+    # sample-data alone needs nothing from ../shared
+    needs_shared = not args.sample_data or args.train_delf == "landmarks-half"
+    if needs_shared and (not (data_dir / "landmarks-dev" / "labels.csv").is_file()
+                         or not (data_dir / "planar" / "pairs.csv").is_file()):
         sys.exit(f"eval_local_features: evaluation data not found under {data_dir} (needs "
                  f"landmarks-dev/labels.csv and planar/pairs.csv); pass --data DIR or set "
                  f"DELFX_SHARED_DATA")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    photos = load_photos(data_dir)
-    planar_rows = load_planar_pairs(data_dir)
+    workdir = Path(tempfile.mkdtemp(prefix="delfx-eval-local-"))
+    photos = load_photos(data_dir) if needs_shared else []
+    planar_rows = load_planar_pairs(data_dir) if needs_shared else []
+    trained_on, training = None, None
+    if args.train_delf == "landmarks-half":
+        train_photos, photos = landmark_halves(photos)
+        trained_on = f"{len(train_photos)} photos of every other landmark of landmarks-dev"
+    elif args.train_delf == "sample-data":
+        train_photos = sample_data_photos(workdir / "train-sample", seed=0)
+        trained_on = f"{len(train_photos)} delfx sample-data images (seed 0)"
+    if args.sample_data:
+        photos, planar_rows = sample_data_photos(workdir / "eval-sample"), []
     if args.quick:
         photos = select_subset(photos, landmarks=4, per_landmark=2, non_landmarks=2)
         planar_rows = quick_planar_pairs(planar_rows)
     specs = default_specs(quick=args.quick)
+    if args.train_delf:
+        print(f"training the attention head on {trained_on}", file=sys.stderr, flush=True)
+        training = train_delf_model(train_photos, workdir / "trained-delf", args.train_epochs)
+        training["trained_on"] = trained_on
+        specs.append(trained_spec(workdir / "trained-delf"))
     if args.models:
         wanted = [w.strip() for w in args.models.split(",") if w.strip()]
         specs = [s for s in specs if any(w in s.label for w in wanted)]
@@ -645,19 +715,34 @@ def main(argv: list[str] | None = None) -> dict:
         "photos": {"landmark": n_land, "non_landmark": len(photos) - n_land,
                    "landmarks": len({p.landmark for p in photos if p.landmark})},
         "planar_pairs": len(planar_rows), "models": results, "total_s": total,
+        "evaluation_photos": "delfx sample-data (seed 1)" if args.sample_data else (
+            "landmarks-dev, landmarks not trained on" if args.train_delf == "landmarks-half"
+            else "landmarks-dev"),
+        "train_delf": None if training is None else {
+            k: training[k] for k in ("trained_on", "classes", "images", "train_images",
+                                     "validation_images", "final", "train_seconds")},
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "reference_measured_md": {"rootsift_mnn_affine8": {"gap": 0.52, "top1": 0.53},
                                   "vgg16_norm_top500_affine20": {"gap": 0.19, "top1": 0.23}},
     }
-    table = [("data", f"{n_land} landmark photos of {output['photos']['landmarks']} landmarks + "
+    table = [("data", f"{output['evaluation_photos']}: {n_land} landmark photos of "
+                      f"{output['photos']['landmarks']} landmarks + "
                       f"{len(photos) - n_land} non-landmark photos, long side {MAX_SIDE}; "
                       f"{len(planar_rows)} planar pairs")]
+    if training is not None:
+        final = training["final"]
+        table.append(("train-delf", f"on {training['trained_on']}: {len(training['classes'])} "
+                      f"classes, final loss {final['loss']:.3f}, val_loss "
+                      f"{final.get('val_loss', float('nan')):.3f}, "
+                      f"{training['train_seconds']:.0f} s"))
     table += report_table(results)
     table.append(("reference (MEASURED.md)", "RootSIFT MNN affine 8 px GAP 0.52 / top-1 0.53; "
                                              "VGG16 norm top-500 affine 20 px GAP 0.19 / 0.23"))
     table.append(("run", f"{total:.0f} s; load average {load_before[0]:.2f} before, "
                          f"{output['loadavg_after'][0]:.2f} after ({os.cpu_count()} cores)"))
     emit("eval_local_features", output, table, args.json)
+    import shutil
+    shutil.rmtree(workdir, ignore_errors=True)
     return output
 
 

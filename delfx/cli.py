@@ -158,9 +158,11 @@ def extract_config_options(func):
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
                      path_type=Path), help="TOML or JSON file of extraction settings."),
         click.option("--model", type=click.Choice(["auto", "tfhub", "delf-vgg16", "delf-resnet50",
-                     "rootsift"]), default=None, help="Feature model [default: auto]."),
+                     "rootsift", "delf-hybrid"]), default=None,
+                     help="Feature model [default: auto]."),
         click.option("--model-path", default=None,
-                     help="TF-Hub handle or SavedModel folder (tfhub); weights file (delf-resnet50)."),
+                     help="TF-Hub handle or SavedModel folder (tfhub); weights file "
+                          "(delf-resnet50); `train-delf` model directory (delf-vgg16)."),
         click.option("--pca-path", default=None, help="PCA file from `delfx fit-pca`."),
         click.option("--image-size", type=int, default=None, help="Squash images to this square size."),
         click.option("--max-side", type=int, default=None, help="Downscale so the long side is at most this."),
@@ -209,7 +211,8 @@ def fit_pca(images: Path, out: Path, dim: int, whiten: bool, max_images: int, se
     from delfx.inputs import list_images
     config = resolve_config(kwargs)
     if config.model == "auto":
-        config = config.replace(model="rootsift")
+        from delfx.extractor.models import OFFLINE_DEFAULT
+        config = config.replace(model=OFFLINE_DEFAULT)
     pca = fit_model_pca(config, list_images(images), dim=dim, whiten=whiten,
                         max_images=max_images, seed=seed)
     pca.save(out)
@@ -232,12 +235,53 @@ def export_model(out_dir: Path, overwrite: bool, **kwargs) -> None:
     config = resolve_config(kwargs)
     if config.model in ("auto", None):
         config = config.replace(model="delf-vgg16")
+    if config.model == "delf-hybrid":
+        raise DelfxError("export-model cannot export delf-hybrid: its keypoints come from OpenCV "
+                         "SIFT, which the official DELF signature (a TensorFlow graph) cannot "
+                         "express; extract with delfx, or export delf-vgg16")
     model = create_model(config)
     if not isinstance(model, DelfModel):
         raise click.ClickException(f"export-model exports the built-in DELF models "
                                    f"(delf-vgg16, delf-resnet50), not {config.model}")
     export(model, out_dir, overwrite=overwrite)
     click.echo(str(out_dir))
+
+
+@cli.command("train-delf")
+@click.argument("images", type=click.Path(exists=True, path_type=Path))
+@click.argument("labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--finetune-last-block", is_flag=True,
+              help="Also train VGG16 block4 (the paper's first stage); default: backbone frozen.")
+@click.option("--epochs", type=int, default=30)
+@click.option("--batch-size", type=int, default=32)
+@click.option("--learning-rate", type=float, default=1e-3, help="Adam; halved on plateaus.")
+@click.option("--crops-per-image", type=int, default=8, help="Random multi-scale crops per image.")
+@click.option("--crop-size", type=int, default=192, help="Side of the crops, in pixels.")
+@click.option("--max-side", type=int, default=512, help="Downscale images to this long side first.")
+@click.option("--validation-share", type=float, default=0.2)
+@click.option("--seed", type=int, default=0)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier train-delf model directory.")
+def train_delf(images: Path, labels_csv: Path, out_dir: Path, finetune_last_block: bool,
+               epochs: int, batch_size: int, learning_rate: float, crops_per_image: int,
+               crop_size: int, max_side: int, validation_share: float, seed: int,
+               overwrite: bool) -> None:
+    """Train the attention head of the built-in VGG16 DELF network from landmark labels.
+
+    IMAGES is a folder or list file; LABELS_CSV has id,landmark_id columns (as for `train`).
+    OUT_DIR becomes a model directory: use it with --model delf-vgg16 --model-path OUT_DIR.
+    """
+    from delfx.classifier.data import read_labels
+    from delfx.extractor.train_attention import AttentionTrainConfig, train_attention
+    from delfx.inputs import list_images
+    config = AttentionTrainConfig(
+        finetune_last_block=finetune_last_block, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, crops_per_image=crops_per_image, crop_size=crop_size,
+        max_side=max_side, validation_share=validation_share, seed=seed)
+    summary = train_attention(list_images(images), read_labels(labels_csv), out_dir, config,
+                              overwrite=overwrite)
+    click.echo(jsonlib.dumps({"model_dir": str(out_dir), **{k: summary[k] for k in (
+        "classes", "images", "train_images", "validation_images", "trained", "final")}}))
 
 
 @cli.command()

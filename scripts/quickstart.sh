@@ -4,7 +4,8 @@ set -euo pipefail
 BIN=${1:-.venv/bin}
 OUT=${QUICKSTART_DIR:-quickstart}
 "$BIN/delfx" sample-data "$OUT/data" --overwrite
-# The default model is `auto`: the official DELF module when it is available offline, else RootSIFT.
+# The default model is `auto`: the official DELF module when it is available offline, else
+# delf-hybrid (SIFT keypoints, RootSIFT + VGG16 descriptors; docs/MODELS.md).
 "$BIN/delfx" extract "$OUT/data/images" "$OUT/features" --shards 4
 "$BIN/delfx" verify "$OUT/features"
 "$BIN/delfx" inspect "$OUT/features"

@@ -124,6 +124,16 @@ def test_select_subset_is_deterministic_and_takes_distinct_non_landmark_scenes()
                                             "n/p/1.png", "n/q/1.png"]
 
 
+def test_landmark_halves_share_no_landmark_and_keep_distractors_for_evaluation():
+    photos = [ev.Photo(f"{k}/{i}", "", k) for k in ("a", "b", "c", "d", "e") for i in range(2)]
+    photos += [ev.Photo(f"n/{i}", "", None) for i in range(3)]
+    train, evaluate = ev.landmark_halves(photos)
+    assert {p.landmark for p in train} == {"a", "c", "e"}
+    assert {p.landmark for p in evaluate} == {"b", "d", None}
+    assert len(train) + len(evaluate) == len(photos)
+    assert sum(p.landmark is None for p in evaluate) == 3
+
+
 # --------------------------------------------------------------------------------------------
 # Real photos (../shared/data)
 # --------------------------------------------------------------------------------------------
@@ -161,6 +171,7 @@ def subset_results(shared_data):
         "hed": ev.ModelSpec("hed", fast, ev.CELL_THRESHOLD_PX),
         "random": ev.ModelSpec("random", fast, ev.CELL_THRESHOLD_PX, random_weights=True,
                                pca_sample=(3, 1, 2, MAX_SIDE)),
+        "hybrid": ev.ModelSpec("hybrid", ev.hybrid_config(MAX_SIDE), ev.SIFT_THRESHOLD_PX),
     }
     out = {}
     for name, spec in specs.items():
@@ -194,6 +205,17 @@ def test_rootsift_separates_landmark_pairs(subset_results):
     sep = subset_results["rootsift"]["separation"]
     assert sep["auc"] > 0.7, sep
     assert sep["pos_mean"] > sep["neg_mean"]
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_hybrid_separates_far_better_than_cells(subset_results):
+    # The keypoints make the difference: the same VGG16 features sampled at SIFT keypoints
+    # (0.84 here) against norm-selected cells (0.48). delf-hybrid beats RootSIFT on the full
+    # set at 512 px (AUC 0.883 vs 0.822, docs/MODELS.md) but NOT on this 17-photo subset at
+    # 320 px (0.84 vs 0.96): that comparison is left to the benchmark, not asserted here.
+    hybrid = subset_results["hybrid"]["separation"]["auc"]
+    assert hybrid >= subset_results["hed"]["separation"]["auc"] + 0.15
 
 
 @pytest.mark.shared_data

