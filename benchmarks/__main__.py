@@ -5,6 +5,8 @@
     python -m benchmarks --stages extract,roofline    # some stages only
     python -m benchmarks report bench-results --markdown docs/benchmarks.md
                                                       # re-render a report from saved results
+    python -m benchmarks import local_features out.json --out bench-results --command ... --note ...
+                                                      # adopt a result run outside the suite
 
 Tables go to stdout as stages finish, progress to stderr. The results folder holds one JSON per
 stage (stable keys, with the machine facts), suite.json, report.md and the PNG plots.
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import report_problems, write_report
-from benchmarks.suite import STAGE_NAMES, run_suite, select_stages
+from benchmarks.suite import STAGE_NAMES, import_result, run_suite, select_stages
 
 
 def _stages(text: str) -> list[str]:
@@ -37,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         path = write_report(args.results, args.markdown)
         print(f"report: {path}", file=sys.stderr)
         return 1 if report_problems(args.results) else 0
+    if argv and argv[0] == "import":
+        parser = argparse.ArgumentParser(prog="python -m benchmarks import",
+                                         description="Adopt a stage result produced outside the suite.")
+        parser.add_argument("stage", choices=STAGE_NAMES)
+        parser.add_argument("json", type=Path, help="the stage module's --json output")
+        parser.add_argument("--out", type=Path, required=True, help="results folder")
+        parser.add_argument("--command", required=True, help="the command that produced it")
+        parser.add_argument("--note", required=True, help="which code made it (branch, commit)")
+        args = parser.parse_args(argv[1:])
+        import_result(select_stages([args.stage])[0], args.json, args.out, args.command, args.note)
+        return 0
     if argv and argv[0] == "run":
         argv = argv[1:]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])

@@ -646,6 +646,28 @@ def report_table(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return table
 
 
+def table_for(output: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The printed table of a run, from its JSON output alone."""
+    photos = output["photos"]
+    table = [("data", f"{output['evaluation_photos']}: {photos['landmark']} landmark photos of "
+                      f"{photos['landmarks']} landmarks + {photos['non_landmark']} non-landmark "
+                      f"photos, long side {output['max_side']}; {output['planar_pairs']} planar pairs")]
+    training = output.get("train_delf")
+    if training is not None:
+        final = training["final"]
+        table.append(("train-delf", f"on {training['trained_on']}: {len(training['classes'])} "
+                      f"classes, final loss {final['loss']:.3f}, val_loss "
+                      f"{final.get('val_loss', float('nan')):.3f}, "
+                      f"{training['train_seconds']:.0f} s"))
+    table += report_table(output["models"])
+    table.append(("reference (MEASURED.md)", "RootSIFT MNN affine 8 px GAP 0.52 / top-1 0.53; "
+                                             "VGG16 norm top-500 affine 20 px GAP 0.19 / 0.23"))
+    before, after = output["loadavg_before"], output["loadavg_after"]
+    table.append(("run", f"{output['total_s']:.0f} s; load average {before[0]:.2f} before, "
+                         f"{after[0]:.2f} after ({os.cpu_count()} cores)"))
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -725,21 +747,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_measured_md": {"rootsift_mnn_affine8": {"gap": 0.52, "top1": 0.53},
                                   "vgg16_norm_top500_affine20": {"gap": 0.19, "top1": 0.23}},
     }
-    table = [("data", f"{output['evaluation_photos']}: {n_land} landmark photos of "
-                      f"{output['photos']['landmarks']} landmarks + "
-                      f"{len(photos) - n_land} non-landmark photos, long side {MAX_SIDE}; "
-                      f"{len(planar_rows)} planar pairs")]
-    if training is not None:
-        final = training["final"]
-        table.append(("train-delf", f"on {training['trained_on']}: {len(training['classes'])} "
-                      f"classes, final loss {final['loss']:.3f}, val_loss "
-                      f"{final.get('val_loss', float('nan')):.3f}, "
-                      f"{training['train_seconds']:.0f} s"))
-    table += report_table(results)
-    table.append(("reference (MEASURED.md)", "RootSIFT MNN affine 8 px GAP 0.52 / top-1 0.53; "
-                                             "VGG16 norm top-500 affine 20 px GAP 0.19 / 0.23"))
-    table.append(("run", f"{total:.0f} s; load average {load_before[0]:.2f} before, "
-                         f"{output['loadavg_after'][0]:.2f} after ({os.cpu_count()} cores)"))
+    table = table_for(output)
     emit("eval_local_features", output, table, args.json)
     import shutil
     shutil.rmtree(workdir, ignore_errors=True)

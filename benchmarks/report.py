@@ -108,7 +108,8 @@ def _classify(d: dict) -> Headline:
 
 
 def _local_features(d: dict) -> Headline:
-    return [(f"real photos, leave-one-out: {m['label']}",
+    where = d.get("evaluation_photos", "landmarks-dev")
+    return [(f"{where}, leave-one-out: {m['label']}",
              f"GAP {m['retrieval']['gap']:.3f}, top-1 {m['retrieval']['top1']:.3f}, "
              f"pair AUC {m['separation']['auc']:.3f}") for m in d["models"]]
 
@@ -141,8 +142,9 @@ def _global(d: dict) -> Headline:
 HEADLINES: dict[str, Callable[[dict], Headline]] = {
     "store": _store, "extract": _extract, "scaling": _scaling, "roofline": _roofline,
     "ray": _ray, "verify": _verify, "index": _index, "classify": _classify,
-    "local_features": _local_features, "retrieval": _retrieval, "recognition": _recognition,
-    "global": _global}
+    "local_features": _local_features, "local_features_trained": _local_features,
+    "local_features_sample": _local_features, "retrieval": _retrieval,
+    "recognition": _recognition, "global": _global}
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +294,10 @@ PLOTS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "index": _plot_index, "store": _plot_store, "classify": _plot_classify,
     "local_features": lambda d, out: _plot_gap(_local_features(d), "local_features",
                                                "Local features on real photos (leave-one-out)", out),
+    "local_features_trained": lambda d, out: _plot_gap(
+        _local_features(d), "local_features_trained", "Held-out landmarks (leave-one-out)", out),
+    "local_features_sample": lambda d, out: _plot_gap(
+        _local_features(d), "local_features_sample", "delfx sample-data (leave-one-out)", out),
     "recognition": lambda d, out: _plot_gap(_recognition(d), "recognition",
                                             "Recognition GAP per mode (real photos)", out),
     "global": lambda d, out: _plot_gap([h for h in _global(d) if h[0].startswith("landmarks-dev")],
@@ -356,9 +362,14 @@ def render(results: Path) -> tuple[str, list[Path], list[str]]:
                     sections += ["", f"![{stage.title}]({path.name})"]
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 problems.append(f"{stage.name}: plot failed ({type(exc).__name__}: {exc})")
-        sections += ["", f"Stage wall time {record['wall_s']:.0f} s, peak memory "
-                         f"{record['peak_rss_bytes'] / 2**20:,.0f} MiB (its own process); ran "
-                         f"{record.get('ran_at', suite['started'])}."]
+        if record.get("imported_from"):
+            sections += ["", f"Not run by this suite: imported from `{record['imported_from']}` "
+                             f"({record.get('note', '')}); that run took "
+                             f"{record.get('wall_s') or 0:.0f} s and ended {record.get('ran_at')}."]
+        else:
+            sections += ["", f"Stage wall time {record['wall_s']:.0f} s, peak memory "
+                             f"{record['peak_rss_bytes'] / 2**20:,.0f} MiB (its own process); ran "
+                             f"{record.get('ran_at', suite['started'])}."]
     when = suite.get("finished") or suite.get("started")
     lines = [f"# delfx benchmarks — {when.split(' ')[0]}", "",
              f"Produced by `python -m benchmarks{' --quick' if suite['mode'] == 'quick' else ''}` "

@@ -105,6 +105,22 @@ def test_report_lists_a_failed_stage_with_its_last_log_line(tmp_path):
     assert "**failed**: ValueError: boom" in text
 
 
+def test_imported_result_is_labelled_as_such(tmp_path):
+    produced = tmp_path / "elsewhere.json"
+    verify = {"methods": {"delfx verify_pair affine": {"ms_per_pair": 0.1},
+                          "skimage ransac": {"ms_per_pair": 100.0}},
+              "table": [["ratio", "1000x"]], "machine": {"date": "2026-11-29 09:00:00 UTC"}}
+    produced.write_text(json.dumps(verify))
+    out = tmp_path / "results"
+    proc = _run_bench(["import", "verify", str(produced), "--out", str(out),
+                       "--command", "python -m benchmarks.bench_verify", "--note", "branch x"])
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "suite.json").read_text())["stages"]["verify"]
+    assert record["imported_from"] == str(produced) and record["ran_at"].startswith("2026-11-29 09")
+    text, _, problems = report.render(out)
+    assert not problems and "Not run by this suite" in text and "delfx x1,000.00 faster" in text
+
+
 def test_stage_table_and_commands():
     assert suite.STAGE_NAMES[0] == "store" and len(set(suite.STAGE_NAMES)) == len(suite.STAGES)
     index = suite.select_stages(["index"])[0]
