@@ -9,7 +9,7 @@ Measured side by side in one run, per head (`pool`, `flatten`):
 - inference from the store (padded batch read + predict) in images/s;
 - batched inference against a naive per-image predict loop, as a ratio.
 
-    python -m benchmarks.bench_classify            # 20000 images, 500 classes
+    python -m benchmarks.bench_classify            # 20000 images, 200 classes
     python -m benchmarks.bench_classify --quick    # CI: 2000 images, 50 classes
 """
 
@@ -49,9 +49,9 @@ def write_class_feature_set(root: Path, num_images: int, num_classes: int, seed:
             for i in range(shard, num_images, num_shards):
                 cls = i % num_classes
                 n = int(rng.integers(100, 201))
-                own = prototypes[cls][rng.integers(0, 30, n // 3)]
-                other = background[rng.integers(0, 200, n - n // 3)]
-                desc = np.concatenate([own, other]) + 0.3 * rng.standard_normal((n, DIM))
+                own = prototypes[cls][rng.integers(0, 30, n // 2)]
+                other = background[rng.integers(0, 200, n - n // 2)]
+                desc = np.concatenate([own, other]) + 0.2 * rng.standard_normal((n, DIM))
                 desc /= np.linalg.norm(desc, axis=1, keepdims=True)
                 image_id = f"img{i:07d}"
                 writer.add(ImageFeatures(image_id, (rng.random((n, 2)) * 480).astype(np.float32),
@@ -112,8 +112,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000)
-    parser.add_argument("--classes", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2000 images, 50 classes, 2 epochs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
