@@ -405,6 +405,11 @@ def write_report(results: Path, markdown: Path | None = None) -> Path:
             shutil.copy2(p, plot_dir / p.name)
         rel = plot_dir.name
         out = text
+        notes = markdown.parent / "benchmark-notes.md"
+        if notes.is_file():  # the analysis behind the figures lives beside the docs copy
+            out = out.replace("\n## Side by side\n", "\nHow these figures came about, run by run, and "
+                              "the design choices they settled: [benchmark-notes.md]"
+                              "(benchmark-notes.md).\n\n## Side by side\n", 1)
         for p in plots:
             out = out.replace(f"]({p.name})", f"]({rel}/{p.name})")
         markdown.write_text(out)
