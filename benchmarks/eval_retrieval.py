@@ -79,11 +79,14 @@ class ModelSpec:
 
 
 def default_specs(quick: bool = False, max_side: int = MAX_SIDE) -> list[ModelSpec]:
-    """RootSIFT PCA-40, RootSIFT 128-d and delf-vgg16 `fast` (--quick: RootSIFT PCA-40 only)."""
+    """RootSIFT PCA-40 and 128-d, delf-hybrid (the offline default) and delf-vgg16 `fast`
+    (--quick: RootSIFT PCA-40 only)."""
     rootsift = ExtractConfig(model="rootsift", max_side=max_side)
     specs = [ModelSpec("rootsift pca40", rootsift)]
     if not quick:
         specs += [ModelSpec("rootsift raw128", rootsift.replace(descriptor_dim=128)),
+                  ModelSpec("delf-hybrid pca40", ExtractConfig(model="delf-hybrid",
+                                                               max_side=max_side)),
                   ModelSpec("delf-vgg16 fast",
                             PRESETS["fast"].replace(model="delf-vgg16", max_side=max_side))]
     return specs

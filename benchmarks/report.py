@@ -115,9 +115,11 @@ def _local_features(d: dict) -> Headline:
 
 
 def _retrieval(d: dict) -> Headline:
-    return [(f"real photos, index + search: {m['label']}",
+    # models: label -> result (a dict keyed by label, unlike eval_local_features' list)
+    return [(f"landmarks-dev, index + search: {label}",
              f"GAP {m['indexed']['gap']:.3f}, top-1 {m['indexed']['top1']:.3f} "
-             f"(exhaustive GAP {m['exhaustive']['gap']:.3f})") for m in d["models"]]
+             f"(every pair verified: GAP {m['exhaustive']['gap']:.3f})")
+            for label, m in d["models"].items()]
 
 
 def _recognition(d: dict) -> Headline:
@@ -349,7 +351,12 @@ def render(results: Path) -> tuple[str, list[Path], list[str]]:
             if record["status"] == "failed":
                 problems.append(f"{stage.name}: failed")
             continue
-        data = json.loads((results / f"{stage.name}.json").read_text())
+        try:
+            data = json.loads((results / f"{stage.name}.json").read_text())
+        except (OSError, ValueError) as exc:  # e.g. the stage is being re-run right now
+            sections.append(f"**results unreadable**: {_md_escape(str(exc))}")
+            problems.append(f"{stage.name}: results unreadable ({type(exc).__name__})")
+            continue
         try:
             headlines += HEADLINES[stage.name](data)
         except (KeyError, TypeError, ValueError, StopIteration, IndexError) as exc:
