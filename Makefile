@@ -26,7 +26,7 @@ quickstart: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick --out bench-results/quick
 
-# The full report (about an hour on 2 cores): results in bench-results/full, report in docs/.
+# The full report (1.5–2.5 hours on 2 cores): results in bench-results/full, report in docs/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --out bench-results/full --markdown docs/benchmarks.md
 

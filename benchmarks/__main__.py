@@ -1,7 +1,7 @@
 """delfx benchmarks: `python -m benchmarks [run|report] ...`.
 
-    python -m benchmarks --quick                      # every stage, CI sizes (~10 min on 2 cores)
-    python -m benchmarks --out bench-results          # the full report run (about an hour)
+    python -m benchmarks --quick                      # every stage, CI sizes (10-20 min on 2 cores)
+    python -m benchmarks --out bench-results          # the full report run (1.5-2.5 hours on 2 cores)
     python -m benchmarks --stages extract,roofline    # some stages only
     python -m benchmarks report bench-results --markdown docs/benchmarks.md
                                                       # re-render a report from saved results
