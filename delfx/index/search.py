@@ -93,18 +93,23 @@ def search_one(query: ImageFeatures, index: GalleryIndex, gallery: FeatureSet,
     votes = vote(index, query.descriptors, config, exclude)
     shortlist = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:config.shortlist]
     candidates = [gallery.get(index.mapping.image_ids[g]) for g, _ in shortlist]
-    pairs = []
-    for candidate in candidates:
-        matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
-        pairs.append((query.locations, candidate.locations, matches,
-                      {"image_size_b": (candidate.height, candidate.width)}))
-    verified = verify_pairs(pairs, workers=config.workers, model=config.model,
-                            relative_threshold=config.relative_threshold, seed=config.seed)
+    verified = verify_candidates(query, candidates, config)
     ranked = sorted(zip(shortlist, candidates, verified),
                     key=lambda t: (-t[2].inliers, -t[0][1], t[1].image_id))[:config.top]
     return [Result(query.image_id, rank, candidate.image_id, v.inliers, votes_, v.num_matches,
                    float(v.inliers))
             for rank, ((_, votes_), candidate, v) in enumerate(ranked, start=1)]
+
+
+def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConfig) -> list:
+    """MNN matches of the query with each candidate, then RANSAC (in parallel): Verifications."""
+    pairs = []
+    for candidate in candidates:
+        matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
+        pairs.append((query.locations, candidate.locations, matches,
+                      {"image_size_b": (candidate.height, candidate.width)}))
+    return verify_pairs(pairs, workers=config.workers, model=config.model,
+                        relative_threshold=config.relative_threshold, seed=config.seed)
 
 
 def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, config: SearchConfig,
@@ -123,13 +128,7 @@ def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, confi
     near = [(i, float(s)) for i, s in zip(ids[0], sims[0])
             if not (exclude_self and i == query.image_id)][:config.shortlist]
     candidates = [gallery.get(i) for i, _ in near]
-    pairs = []
-    for candidate in candidates:
-        matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
-        pairs.append((query.locations, candidate.locations, matches,
-                      {"image_size_b": (candidate.height, candidate.width)}))
-    verified = verify_pairs(pairs, workers=config.workers, model=config.model,
-                            relative_threshold=config.relative_threshold, seed=config.seed)
+    verified = verify_candidates(query, candidates, config)
     ranked = sorted(zip(near, candidates, verified),
                     key=lambda t: (-t[2].inliers, -t[0][1], t[1].image_id))[:config.top]
     return [Result(query.image_id, rank, candidate.image_id, v.inliers, int(round(1000 * sim)),
