@@ -26,6 +26,7 @@ from benchmarks.common import emit, run_measured
 
 # (model, preset, image counts of the full run)
 FULL = [("rootsift", "seed128", [50, 100, 200, 400]),
+        ("delf-hybrid", "seed128", [50, 100, 200, 400]),
         ("delf-vgg16", "seed128", [25, 50, 100, 200])]
 QUICK = [("rootsift", "seed128", [16, 32, 64])]
 
