@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, timed
 from delfx.config import PRESETS
 
 # Inliers whose true reprojection error is under this many pixels of the image the model saw
@@ -37,13 +36,7 @@ CORRECT_PX = 8.0
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
     fn()  # warm-up: kernel selection and graph tracing are not billed
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "repeats": repeats}
+    return timed(fn, repeats)
 
 
 def matmul_ceiling(sizes: list[int], repeats: int) -> dict[str, Any]:

@@ -68,13 +68,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 def run_measured(cmd: list[str], **popen_kwargs: Any) -> dict[str, Any]:
     """Run a command to completion: exit code, wall time, and the child's own peak memory.
 

@@ -62,7 +62,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from benchmarks.common import emit
-from benchmarks.eval_local_features import Photo, load_photos, resolve_data_dir
+from benchmarks.eval_local_features import Photo, load_photos, resolve_data_dir, select_subset
 from delfx.config import PRESETS, ExtractConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -98,24 +98,8 @@ def default_specs(quick: bool = False, max_side: int = MAX_SIDE) -> list[ModelSp
 
 def quick_subset(photos: Sequence[Photo], landmarks: int = 8, per_landmark: int = 3,
                  non_landmarks: int = 8) -> list[Photo]:
-    """A small deterministic subset: the first `landmarks` landmarks (file order), up to
-    `per_landmark` photos each, and `non_landmarks` non-landmark photos of distinct scenes.
-
-    Non-landmark photos come in pairs of one scene (01/02 of a WxBS folder); one per folder
-    keeps the distractors unrelated to each other.
-    """
-    by_landmark: dict[str, list[Photo]] = {}
-    for photo in photos:
-        if photo.landmark is not None:
-            by_landmark.setdefault(photo.landmark, []).append(photo)
-    chosen = [p for name in list(by_landmark)[:landmarks] for p in by_landmark[name][:per_landmark]]
-    scenes: set[str] = set()
-    for photo in photos:
-        scene = photo.image_id.rsplit("/", 1)[0]
-        if photo.landmark is None and scene not in scenes and len(scenes) < non_landmarks:
-            scenes.add(scene)
-            chosen.append(photo)
-    return chosen
+    """The quick runs' subset: `select_subset` of eval_local_features with these defaults."""
+    return select_subset(photos, landmarks, per_landmark, non_landmarks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from delfx.errors import StoreError
 
@@ -63,3 +64,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     """Atomically write `obj` as indented, key-sorted JSON (stable diffs, human-readable)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_directory_atomically(out_dir: Path, write: Callable[[Path], None],
+                               before_replacing: Callable[[], None] | None = None) -> None:
+    """Build a directory in a sibling temporary folder, then swap it in for `out_dir`.
+
+    A reader never sees a half-written model directory: until the rename it sees the old one
+    (or none). `before_replacing` runs just before a non-empty `out_dir` is replaced (e.g. to
+    re-check that it may be overwritten: it may have been filled while `write` ran).
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        old = None
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            if before_replacing is not None:
+                before_replacing()
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(old)
+        elif out_dir.is_dir():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

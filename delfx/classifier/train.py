@@ -10,8 +10,6 @@ into place, so a crash never leaves a half-written classifier behind.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from delfx.classifier.model import (Classifier, ClassifierConfig, _keras,
                                     auto_batchnorm_momentum, build_model, compile_model,
                                     is_classifier_dir, save_classifier)
 from delfx.errors import DelfxError
+from delfx.paths import write_directory_atomically
 from delfx.store import FeatureSet
 from delfx.versions import library_versions
 
@@ -182,26 +181,8 @@ def _check_output(out_dir: Path, overwrite: bool) -> None:
 
 
 def _write_atomically(out_dir: Path, overwrite: bool, write) -> None:
-    """Write into a sibling temporary directory, then rename it to `out_dir`."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = None
-        if out_dir.is_dir():
-            if any(out_dir.iterdir()):
-                _check_output(out_dir, overwrite)  # may have been filled while we trained
-                old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-                out_dir.rename(old)
-            else:
-                out_dir.rmdir()
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Swap the written directory in; re-check `out_dir`, which may have filled while we trained."""
+    write_directory_atomically(out_dir, write, lambda: _check_output(out_dir, overwrite))
 
 
 def _epoch_logger():

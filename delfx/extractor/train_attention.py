@@ -39,6 +39,7 @@ import numpy as np
 
 from delfx.errors import DelfxError
 from delfx.inputs import ImageItem
+from delfx.paths import write_directory_atomically
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
         summary["pca_source"] = pca.source
         (tmp / MODEL_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True))
 
-    _write_atomically(out_dir, write)
+    write_directory_atomically(out_dir, write)
     return summary
 
 
@@ -351,24 +352,3 @@ def _check_output(out_dir: Path, overwrite: bool) -> None:
         if not is_model_dir(out_dir):
             raise DelfxError(f"{out_dir} is not empty and is not a delfx DELF model; refusing "
                              f"to replace it even with --overwrite")
-
-
-def _write_atomically(out_dir: Path, write) -> None:
-    """Write into a sibling temporary directory, then swap it in for `out_dir`."""
-    import os
-    import shutil
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
