@@ -71,7 +71,7 @@ def measure_head(head: str, features: Path, labels_csv: Path, out: Path, epochs:
     from delfx.store import FeatureSet
     config = ClassifierConfig(head=head, epochs=epochs, patience=epochs, validation_share=0.1)
     result = train_classifier(features, labels_csv, out, config)
-    classifier = result.classifier
+    classifier = result.model
     with FeatureSet(features) as fs:
         ids = list(fs.image_ids)
         start = time.perf_counter()

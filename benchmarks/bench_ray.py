@@ -53,7 +53,7 @@ def _naive(items, config, workdir: Path) -> dict:
     from delfx.extractor.delf import DelfModel
     from delfx.extractor.export import export_model
     from delfx.extractor.hub import load_signature
-    from delfx.extractor.images import load_image
+    from delfx.images import load_image
     from delfx.extractor.models import create_model
     import tensorflow as tf
     model = create_model(config)
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
         items = list_images(args.images)
         config = PRESETS[args.preset].replace(model=args.model)
         from delfx.extractor.executors import InProcessExecutor, RayExecutor
-        ray_run = _job(items, config, workdir / "ray", RayExecutor(config), args.shards, repeats)
+        ray_run = _job(items, config, workdir / "ray", RayExecutor(), args.shards, repeats)
         startup = ray_run["ray_start_s"] = ray_run["start_s"]
-        in_process = _job(items, config, workdir / "inproc", InProcessExecutor(config), args.shards,
+        in_process = _job(items, config, workdir / "inproc", InProcessExecutor(), args.shards,
                           repeats)
         naive = _naive(items, config, workdir)
     finally:

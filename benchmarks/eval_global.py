@@ -57,31 +57,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.common import emit
-from benchmarks.eval_recognition import make_folds, write_subset
-from benchmarks.eval_retrieval import Photo, extract, load_photos, quick_subset, resolve_data_dir
+from benchmarks.data import (Photo, extract, load_photos, make_folds, quick_subset,
+                             resolve_data_dir, sample_split_photos, write_labels, write_subset)
 from delfx.config import ExtractConfig
 
 MAX_SIDE = 512
 SHORTLISTS = (10, 30)
 THROUGHPUT_EPOCHS = 3
 log = logging.getLogger("eval_global")
-
-
-def sample_photos(root: Path, quick: bool) -> tuple[list[Photo], list[Photo]]:
-    """(gallery, queries) of a fresh `delfx sample-data` set."""
-    from delfx.sample_data import write_sample_data
-    ds = write_sample_data(root, landmarks=4 if quick else 8, views=3 if quick else 5,
-                           non_landmarks=4 if quick else 8, long_side=320 if quick else 480)
-    photos = {i.id: Photo(i.id, str(ds.root / i.path), i.landmark_id) for i in ds.images}
-    gallery = [photos[i.id] for i in ds.images if i.split == "train" and i.landmark_id]
-    queries = [photos[i.id] for i in ds.images if i.split == "query" or not i.landmark_id]
-    return gallery, queries
-
-
-def _write_labels(path: Path, photos: Sequence[Photo]) -> Path:
-    path.write_text("id,path,landmark_id\n" + "".join(
-        f"{p.image_id},{p.path},{p.landmark or ''}\n" for p in photos))
-    return path
 
 
 def _prediction(query: str, label: str | None, score: float) -> dict[str, Any]:
@@ -92,19 +75,19 @@ def run_fold(name: str, gallery: Sequence[Photo], queries: Sequence[Photo], full
              root: Path, args) -> dict[str, Any]:
     """Train every system on `gallery`, answer `queries`; predictions keyed "<name>:<id>"."""
     from delfx.classifier.model import ClassifierConfig
-    from delfx.classifier.recognize import RecognitionConfig, Recognizer
+    from delfx.recognition.recognize import RecognitionConfig, Recognizer
     from delfx.classifier.train import train_classifier
-    from delfx.extractor.images import load_image
+    from delfx.images import load_image
     from delfx.globalnet.model import GlobalConfig
     from delfx.globalnet.train import train_global_model
     from delfx.index.faiss_index import GalleryIndex, build_index
     from delfx.index.global_index import GlobalIndex
-    from delfx.index.search import SearchConfig, default_threshold
+    from delfx.index.search import SearchConfig
     from delfx.store import FeatureSet
 
     root.mkdir(parents=True, exist_ok=True)
     labels = {p.image_id: p.landmark for p in gallery}
-    labels_csv = _write_labels(root / "gallery.csv", gallery)
+    labels_csv = write_labels(root / "gallery.csv", gallery)
     out: dict[str, Any] = {"name": name, "gallery_images": len(gallery), "queries": len(queries),
                            "systems": {}, "models": {}}
     systems = out["systems"]
@@ -127,8 +110,8 @@ def run_fold(name: str, gallery: Sequence[Photo], queries: Sequence[Photo], full
             "train_s": time.perf_counter() - start, "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch, "classes": result.num_classes,
             "train_images": result.train_images,
-            "train_images_per_s": result.train_images_per_s,
-            "inference_images_per_s": result.inference_images_per_s,
+            "train_images_per_s": result.train_samples_per_s,
+            "inference_images_per_s": result.inference_samples_per_s,
             "descriptor_dim": model.descriptor_dim,
             "gem_p": float(np.mean([np.mean(model.embedder.get_layer(f"{b}_gem").get_weights()[0])
                                     for b in config.backbones]))}
@@ -178,9 +161,9 @@ def run_fold(name: str, gallery: Sequence[Photo], queries: Sequence[Photo], full
     with FeatureSet(root / "gallery") as gallery_set:
         index = GalleryIndex(root / "index")
         global_index = GlobalIndex.from_feature_set(gallery_set)
-        search = SearchConfig(relative_threshold=default_threshold(gallery_set.manifest.model_id))
+        search = SearchConfig.for_model(gallery_set.manifest.model_id)
         runs = [("delf-bottleneck classifier", RecognitionConfig(mode="classifier", search=search),
-                 {"classifier": trained.classifier}),
+                 {"classifier": trained.model}),
                 ("local voting + verification", RecognitionConfig(mode="retrieval", search=search),
                  {"index": index})]
         runs += [(f"gem shortlist {k} + verification",
@@ -225,7 +208,7 @@ def _write_with_global(plain_dir: Path, out_dir: Path, records, global_model: di
 def throughput(gallery: Sequence[Photo], queries: Sequence[Photo], root: Path, args
                ) -> dict[str, Any]:
     """Training and inference images/s of gem-vgg16, gem-resnet50 and concat, one run."""
-    from delfx.extractor.images import load_image
+    from delfx.images import load_image
     from delfx.globalnet.model import GlobalConfig
     from delfx.globalnet.train import train_global_model
     root.mkdir(parents=True, exist_ok=True)
@@ -234,7 +217,7 @@ def throughput(gallery: Sequence[Photo], queries: Sequence[Photo], root: Path, a
         import keras
         weights, random_weights = str(root / "resnet50-random.weights.h5"), True
         keras.applications.ResNet50(include_top=False, weights=None).save_weights(weights)
-    labels_csv = _write_labels(root / "gallery.csv", gallery)
+    labels_csv = write_labels(root / "gallery.csv", gallery)
     images = [load_image(p.path) for p in queries]
     out: dict[str, Any] = {"epochs": THROUGHPUT_EPOCHS, "random_resnet_weights": random_weights,
                            "models": {}}
@@ -247,7 +230,7 @@ def throughput(gallery: Sequence[Photo], queries: Sequence[Photo], root: Path, a
         start = time.perf_counter()
         result.model.embed(images)
         out["models"][name] = {
-            "train_images_per_s": result.train_images_per_s,
+            "train_images_per_s": result.train_samples_per_s,
             "inference_images_per_s": len(images) / (time.perf_counter() - start),
             "descriptor_dim": result.model.descriptor_dim,
             "model_bytes": (root / name / "model.keras").stat().st_size}
@@ -378,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                              workdir / "landmarks-dev", args))
         else:
             skipped.append(f"landmarks-dev: not found under {data_dir}")
-        gallery, queries = sample_photos(workdir / "sample" / "data", args.quick)
+        gallery, queries = sample_split_photos(workdir / "sample" / "data", args.quick)
         datasets.append(evaluate_dataset("sample-data", [("sample", gallery, queries)],
                                          gallery + queries, workdir / "sample", args))
         speed = (None if args.no_throughput else

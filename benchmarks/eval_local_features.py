@@ -34,7 +34,6 @@ asserted; tests/test_eval_local_features.py asserts the robust orderings on a sm
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -46,12 +45,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from benchmarks.common import emit
+from benchmarks.data import (Photo, landmark_halves, load_photos, load_planar_pairs,
+                             planar_items, quick_planar_pairs, resolve_data_dir,
+                             sample_data_photos, select_subset)
 from delfx.config import PRESETS, ExtractConfig
 from delfx.extractor.base import target_size
 from delfx.inputs import ImageItem
+from delfx.metrics import gap, predictions_from
 from delfx.store.records import ImageFeatures
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_SIDE = 512
 # Inlier thresholds in pixels of the image the model saw (MEASURED.md's choices at long side 512).
 SIFT_THRESHOLD_PX = 8.0
@@ -121,73 +123,6 @@ def trained_spec(model_dir: Path, max_side: int = MAX_SIDE) -> ModelSpec:
 # Data
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Photo:
-    """A labelled photo of landmarks-dev; landmark None = shows no landmark."""
-
-    image_id: str
-    path: str
-    landmark: str | None
-
-
-def resolve_data_dir(data: Path | None) -> Path:
-    """--data, else $DELFX_SHARED_DATA, else ../shared/data next to the project."""
-    if data is not None:
-        return Path(data)
-    return Path(os.environ.get("DELFX_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
-
-
-def load_photos(data_dir: Path) -> list[Photo]:
-    """All photos of landmarks-dev/labels.csv, in file order (empty landmark -> None)."""
-    root = Path(data_dir) / "landmarks-dev"
-    with open(root / "labels.csv", newline="", encoding="utf-8") as handle:
-        return [Photo(row["image"], str(root / row["image"]), row["landmark"].strip() or None)
-                for row in csv.DictReader(handle)]
-
-
-def select_subset(photos: Sequence[Photo], landmarks: int, per_landmark: int,
-                  non_landmarks: int) -> list[Photo]:
-    """A small deterministic subset: the first `landmarks` landmarks (file order) with their
-    first `per_landmark` photos, and `non_landmarks` non-landmark photos from distinct scenes.
-
-    Non-landmark photos come in pairs of one scene (01/02 of a WxBS folder); taking one per
-    folder keeps the negatives truly unrelated to each other.
-    """
-    chosen: list[Photo] = []
-    by_landmark: dict[str, list[Photo]] = {}
-    for photo in photos:
-        if photo.landmark is not None:
-            by_landmark.setdefault(photo.landmark, []).append(photo)
-    for name in list(by_landmark)[:landmarks]:
-        chosen.extend(by_landmark[name][:per_landmark])
-    scenes: set[str] = set()
-    for photo in photos:
-        scene = photo.image_id.rsplit("/", 1)[0]
-        if photo.landmark is None and scene not in scenes and len(scenes) < non_landmarks:
-            scenes.add(scene)
-            chosen.append(photo)
-    return chosen
-
-
-def landmark_halves(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
-    """(training half, evaluation half): landmarks alternate in file order; the non-landmark
-    photos all go to the evaluation half (distractors there, never trained on)."""
-    order = list(dict.fromkeys(p.landmark for p in photos if p.landmark is not None))
-    train = set(order[0::2])
-    return ([p for p in photos if p.landmark in train],
-            [p for p in photos if p.landmark not in train])
-
-
-def sample_data_photos(root: Path, landmarks: int = 10, views: int = 5, non_landmarks: int = 10,
-                       long_side: int = 640, seed: int = 1) -> list[Photo]:
-    """A `delfx sample-data` set as evaluation photos. Seed 1: other synthetic views (and other
-    distractors) than the seed-0 set the shipped PCAs were fitted on."""
-    from delfx.sample_data import write_sample_data
-    data = write_sample_data(root, landmarks=landmarks, views=views, non_landmarks=non_landmarks,
-                             long_side=long_side, seed=seed)
-    return [Photo(i.id, str(data.root / i.path), i.landmark_id) for i in data.images]
-
-
 def train_delf_model(photos: Sequence[Photo], out_dir: Path, epochs: int = 30) -> dict[str, Any]:
     """`delfx train-delf` (frozen backbone, defaults) on labelled photos; the model summary."""
     from delfx.extractor.train_attention import AttentionTrainConfig, train_attention
@@ -195,22 +130,6 @@ def train_delf_model(photos: Sequence[Photo], out_dir: Path, epochs: int = 30) -
     labels = {p.image_id: p.landmark for p in photos}
     return train_attention(items, labels, out_dir, AttentionTrainConfig(epochs=epochs),
                            overwrite=True)
-
-
-def load_planar_pairs(data_dir: Path) -> list[dict[str, str]]:
-    """Rows of planar/pairs.csv (paths relative to the data folder), plus 'group' Oxford|EVD."""
-    with open(Path(data_dir) / "planar" / "pairs.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row["group"] = "EVD" if row["dataset"].startswith("EVD") else "Oxford"
-    return rows
-
-
-def quick_planar_pairs(rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
-    """Two Oxford graf pairs sharing img1 (3 images) and the first EVD pair."""
-    oxford = [r for r in rows if r["group"] == "Oxford"][:2]
-    evd = [r for r in rows if r["group"] == "EVD"][:1]
-    return oxford + evd
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,53 +350,6 @@ def separation(inliers: np.ndarray, landmarks: Sequence[str | None]) -> dict[str
             "auc_per_query": float(np.mean(per_query)) if per_query else None}
 
 
-def gap(predictions: Mapping[str, tuple[str, float] | None],
-        truth: Mapping[str, str | None]) -> float:
-    """Global Average Precision, as the Kaggle Google Landmark Recognition challenge defines it.
-
-    With one prediction (landmark, confidence) per query at most, all predictions are sorted by
-    confidence, descending, and
-
-        GAP = 1/M * sum_{i=1..N} P(i) rel(i)
-
-    where N is the number of predictions, P(i) the precision among the first i predictions,
-    rel(i) 1 if prediction i is the query's true landmark else 0, and M the number of queries
-    that show a landmark. So a prediction made for a non-landmark query is a wrong prediction
-    (it lowers the precision of everything ranked below it), a query without prediction adds
-    nothing, and a landmark query without prediction still counts in M.
-
-    Ties in confidence are broken by query id (ascending), so the result is deterministic.
-
-    Args:
-        predictions: query id -> (predicted landmark, confidence), or None for no prediction.
-        truth: query id -> true landmark, or None when the query shows no landmark.
-
-    Returns:
-        GAP in [0, 1].
-
-    Raises:
-        ValueError: when no query shows a landmark (M = 0) or a prediction has no truth entry.
-
-    Example:
-        >>> gap({"q1": ("a", 9.0), "q2": ("b", 5.0), "q3": ("c", 7.0)},
-        ...     {"q1": "a", "q2": "b", "q3": None})   # correct, wrong (q3), correct
-        0.8333333333333333
-    """
-    unknown = set(predictions) - set(truth)
-    if unknown:
-        raise ValueError(f"predictions for queries without truth: {sorted(unknown)[:5]}")
-    m = sum(1 for label in truth.values() if label is not None)
-    if m == 0:
-        raise ValueError("GAP is undefined without a query that shows a landmark")
-    made = sorted(((-float(p[1]), q, p[0]) for q, p in predictions.items() if p is not None))
-    correct, total = 0, 0.0
-    for rank, (_, query, label) in enumerate(made, start=1):
-        if truth[query] is not None and label == truth[query]:
-            correct += 1
-            total += correct / rank
-    return total / m
-
-
 def loo_retrieval(inliers: np.ndarray, ids: Sequence[str], landmarks: Sequence[str | None]
                   ) -> dict[str, Any]:
     """Leave-one-out recognition from a pair_inliers matrix: GAP and top-1.
@@ -504,7 +376,7 @@ def loo_retrieval(inliers: np.ndarray, ids: Sequence[str], landmarks: Sequence[s
     hits = sum(1 for q in landmark_queries
                if predictions[q] is not None and predictions[q][0] == truth[q])
     false_alarms = sum(1 for q in ids if truth[q] is None and predictions[q] is not None)
-    return {"gap": gap(predictions, truth), "top1": hits / len(landmark_queries),
+    return {"gap": gap(predictions_from(predictions), truth), "top1": hits / len(landmark_queries),
             "landmark_queries": len(landmark_queries),
             "non_landmark_queries": len(ids) - len(landmark_queries),
             "non_landmark_queries_with_prediction": false_alarms,
@@ -514,12 +386,6 @@ def loo_retrieval(inliers: np.ndarray, ids: Sequence[str], landmarks: Sequence[s
 # --------------------------------------------------------------------------------------------
 # Planar pairs
 # --------------------------------------------------------------------------------------------
-
-def planar_items(data_dir: Path, rows: Sequence[dict[str, str]]) -> list[ImageItem]:
-    """Unique images of the planar pairs (graf img1 appears in several pairs: extract once)."""
-    paths = dict.fromkeys(p for r in rows for p in (r["image_a"], r["image_b"]))
-    return [ImageItem(p, str(Path(data_dir) / p)) for p in paths]
-
 
 def planar_errors(features: Mapping[str, ImageFeatures], rows: Sequence[dict[str, str]],
                   data_dir: Path, config: ExtractConfig, threshold_px: float

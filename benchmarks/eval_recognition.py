@@ -46,16 +46,16 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from benchmarks.common import emit
-from benchmarks.eval_retrieval import Photo, extract, load_photos, quick_subset, resolve_data_dir
+from benchmarks.data import (extract, load_photos, make_folds, quick_subset,
+                             resolve_data_dir, write_subset)
 from delfx.errors import DelfxError
 from delfx.config import ExtractConfig
 
@@ -71,44 +71,6 @@ log = logging.getLogger("eval_recognition")
 # Data and folds
 # --------------------------------------------------------------------------------------------
 
-def make_folds(photos: Sequence[Photo], folds: int = FOLDS) -> list[dict[str, Any]]:
-    """Fold f: photo f (by file name) of each landmark is the query, the others the gallery;
-    every non-landmark photo is a query of every fold."""
-    by_landmark: dict[str, list[Photo]] = {}
-    for p in photos:
-        if p.landmark is not None:
-            by_landmark.setdefault(p.landmark, []).append(p)
-    distractors = sorted((p for p in photos if p.landmark is None), key=lambda p: p.image_id)
-    out = []
-    for f in range(folds):
-        queries, gallery = [], []
-        for name in sorted(by_landmark):
-            members = sorted(by_landmark[name], key=lambda p: p.image_id)
-            if f < len(members):
-                queries.append(members[f])
-            gallery += [m for i, m in enumerate(members) if i != f]
-        out.append({"fold": f, "queries": queries + distractors, "gallery": gallery})
-    return out
-
-
-def write_subset(full, ids: Sequence[str], out_dir: Path) -> None:
-    """Copy the records of `ids` from feature set `full` into a new 1-shard feature set with
-    the same model identity and config."""
-    from delfx.store import Manifest, ShardWriter, shard_file_name
-    m = full.manifest
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(num_shards=1, model_id=m.model_id, model_hash=m.model_hash,
-                        config=m.config, descriptor_dim=m.descriptor_dim,
-                        descriptor_dtype=m.descriptor_dtype)
-    with ShardWriter(out_dir / shard_file_name(0, 1), descriptor_dim=m.descriptor_dim,
-                     descriptor_dtype=m.descriptor_dtype, model_id=m.model_id,
-                     model_hash=m.model_hash, config=m.config, shard_index=0,
-                     num_shards=1) as writer:
-        for image_id in ids:
-            writer.add(full.get(image_id))
-    manifest.record(out_dir, writer.info)
-
-
 # --------------------------------------------------------------------------------------------
 # One fold
 # --------------------------------------------------------------------------------------------
@@ -116,11 +78,11 @@ def write_subset(full, ids: Sequence[str], out_dir: Path) -> None:
 def run_fold(fold: dict[str, Any], full_dir: Path, workdir: Path, epochs: int
              ) -> dict[str, Any]:
     from delfx.classifier.model import ClassifierConfig
-    from delfx.classifier.pipeline import calibration_queries, fit_calibration
-    from delfx.classifier.recognize import RecognitionConfig, Recognizer
+    from delfx.recognition.classify import calibration_queries, fit_calibration
+    from delfx.recognition.recognize import RecognitionConfig, Recognizer
     from delfx.classifier.train import train_classifier
     from delfx.index.faiss_index import GalleryIndex, build_index
-    from delfx.index.search import SearchConfig, default_threshold
+    from delfx.index.search import SearchConfig
     from delfx.store import FeatureSet
 
     f = fold["fold"]
@@ -145,11 +107,11 @@ def run_fold(fold: dict[str, Any], full_dir: Path, workdir: Path, epochs: int
     out["train_s"] = time.perf_counter() - start
     out["train"] = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                     "classes": trained.num_classes, "train_images": trained.train_images}
-    classifier = trained.classifier
+    classifier = trained.model
 
     with FeatureSet(gallery_dir) as gallery:
         index = GalleryIndex(index_dir)
-        search = SearchConfig(relative_threshold=default_threshold(gallery.manifest.model_id))
+        search = SearchConfig.for_model(gallery.manifest.model_id)
         for mode in MODES:
             config = RecognitionConfig(mode=mode, search=search)
             kw = {"index": index if mode != "classifier" else None,

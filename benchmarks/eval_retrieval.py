@@ -48,7 +48,6 @@ asserted.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import statistics
@@ -62,12 +61,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from benchmarks.common import emit
-from benchmarks.eval_local_features import Photo, load_photos, resolve_data_dir, select_subset
+from benchmarks.data import NUM_SHARDS, Photo, extract, load_photos, quick_subset, resolve_data_dir
 from delfx.config import PRESETS, ExtractConfig
+from delfx.metrics import gap, predictions_from
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_SIDE = 512
-NUM_SHARDS = 2  # more than one, so the feature set and the index mapping span shards
+
 
 
 @dataclass(frozen=True)
@@ -96,12 +95,6 @@ def default_specs(quick: bool = False, max_side: int = MAX_SIDE) -> list[ModelSp
 # Data
 # --------------------------------------------------------------------------------------------
 
-def quick_subset(photos: Sequence[Photo], landmarks: int = 8, per_landmark: int = 3,
-                 non_landmarks: int = 8) -> list[Photo]:
-    """The quick runs' subset: `select_subset` of eval_local_features with these defaults."""
-    return select_subset(photos, landmarks, per_landmark, non_landmarks)
-
-
 # --------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------
@@ -123,28 +116,6 @@ def average_precision(ranked: Sequence[str], relevant: set[str]) -> float:
             hits += 1
             total += hits / i
     return total / len(relevant)
-
-
-def gap(predictions: Mapping[str, tuple[str, float] | None],
-        truth: Mapping[str, str | None]) -> float:
-    """Global Average Precision (Kaggle GLR): (1/M) sum_i P(i) rel(i) over the predictions
-    sorted by score (descending, ties by query id); M = queries that show a landmark.
-
-    Example:
-        >>> gap({"q1": ("a", 9.0), "q2": ("b", 5.0), "q3": ("c", 7.0)},
-        ...     {"q1": "a", "q2": "b", "q3": None})   # right, wrong (q3), right
-        0.8333333333333333
-    """
-    m = sum(1 for label in truth.values() if label is not None)
-    if m == 0:
-        raise ValueError("GAP is undefined without a query that shows a landmark")
-    made = sorted((-float(p[1]), q, p[0]) for q, p in predictions.items() if p is not None)
-    correct, total = 0, 0.0
-    for rank, (_, query, label) in enumerate(made, start=1):
-        if truth[query] is not None and label == truth[query]:
-            correct += 1
-            total += correct / rank
-    return total / m
 
 
 def retrieval_metrics(ranked: Mapping[str, Sequence[tuple[str, int]]],
@@ -181,7 +152,7 @@ def retrieval_metrics(ranked: Mapping[str, Sequence[tuple[str, int]]],
     return {"map": float(np.mean(aps)) if aps else None,
             "map_verified": float(np.mean(aps_verified)) if aps else None,
             "top1": top1 / n if n else None, "top1_verified": top1_verified / n if n else None,
-            "gap": gap(predictions, queried_truth),
+            "gap": gap(predictions_from(predictions), queried_truth),
             "landmark_queries": n, "queries": len(ranked),
             "non_landmark_queries_with_prediction":
                 sum(1 for q, p in predictions.items() if truth[q] is None and p is not None),
@@ -192,34 +163,17 @@ def retrieval_metrics(ranked: Mapping[str, Sequence[tuple[str, int]]],
 # Pipeline
 # --------------------------------------------------------------------------------------------
 
-def extract(photos: Sequence[Photo], config: ExtractConfig, out_dir: Path) -> dict[str, Any]:
-    """Extract the photos into a feature set with delfx's job loop, in this process."""
-    from delfx.extractor.executors import InProcessExecutor
-    from delfx.extractor.job import run_extraction
-    from delfx.inputs import ImageItem
-    items = [ImageItem(p.image_id, p.path) for p in photos]
-    summary = run_extraction(items, config, out_dir, NUM_SHARDS, InProcessExecutor(config),
-                             progress=False)
-    if summary.shards_failed:
-        raise RuntimeError(f"extraction failed for shards {summary.shards_failed}")
-    return {"model_id": summary.model["id"], "seconds": summary.seconds,
-            "seconds_per_image": summary.seconds / max(summary.images_processed, 1),
-            "ok": summary.ok, "failed_by_reason": summary.failed_by_reason,
-            "features_per_image": summary.features / max(summary.ok, 1),
-            "bytes": summary.output_bytes}
-
-
 def indexed_search(feature_dir: Path, index_dir: Path) -> dict[str, Any]:
     """build_index, then leave-one-out search_many of every photo; timings and shortlists."""
     from delfx.index.faiss_index import GalleryIndex, build_index
-    from delfx.index.search import SearchConfig, default_threshold, search_many, vote
+    from delfx.index.search import SearchConfig, search_many, vote
     from delfx.store import FeatureSet
     start = time.perf_counter()
     meta = build_index(feature_dir, index_dir)
     build_s = time.perf_counter() - start
     with FeatureSet(feature_dir) as gallery:
         index = GalleryIndex(index_dir)
-        config = SearchConfig(relative_threshold=default_threshold(gallery.manifest.model_id))
+        config = SearchConfig.for_model(gallery.manifest.model_id)
         queries = list(gallery)  # read before timing: the queries' features come from the store
         ranked: dict[str, list[tuple[str, int]]] = {}
         per_query: list[float] = []
@@ -244,7 +198,7 @@ def indexed_search(feature_dir: Path, index_dir: Path) -> dict[str, Any]:
             shortlists[query.image_id] = [index.mapping.image_ids[g] for g, _ in best]
     return {"factory": meta.factory, "vectors": meta.num_vectors, "build_s": build_s,
             "config": {"k": config.k, "max_distance": config.max_distance,
-                       "shortlist": config.shortlist, "top": config.top, "model": config.model,
+                       "shortlist": config.shortlist, "top": config.top, "model": config.ransac,
                        "relative_threshold": config.relative_threshold},
             "ranked": ranked, "shortlists": shortlists, "per_query_s": per_query,
             "vote_s": vote_s}
@@ -257,10 +211,10 @@ def exhaustive_search(feature_dir: Path, top: int) -> dict[str, Any]:
     defaults; ranked by inliers (ties: gallery id), cut to `top` like the indexed results.
     """
     from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
-    from delfx.index.search import SearchConfig, default_threshold
+    from delfx.index.search import SearchConfig
     from delfx.store import FeatureSet
     with FeatureSet(feature_dir) as gallery:
-        config = SearchConfig(relative_threshold=default_threshold(gallery.manifest.model_id))
+        config = SearchConfig.for_model(gallery.manifest.model_id)
         records = [r for r in gallery]
     ranked: dict[str, list[tuple[str, int]]] = {}
     per_query: list[float] = []
@@ -274,7 +228,7 @@ def exhaustive_search(feature_dir: Path, top: int) -> dict[str, Any]:
         pairs = [(query.locations, other.locations,
                   mutual_nearest_neighbours(query.descriptors, other.descriptors),
                   {"image_size_b": (other.height, other.width)}) for other in others]
-        verified = verify_pairs(pairs, workers=config.workers, model=config.model,
+        verified = verify_pairs(pairs, workers=config.workers, model=config.ransac,
                                 relative_threshold=config.relative_threshold, seed=config.seed)
         order = sorted(zip(others, verified), key=lambda t: (-t[1].inliers, t[0].image_id))
         ranked[query.image_id] = [(o.image_id, v.inliers) for o, v in order[:top]]

@@ -1,4 +1,5 @@
-"""Extraction configuration: a dataclass, named presets, and one fixed override order.
+"""Extraction configuration (a dataclass, named presets, one fixed override order), and the
+names the command line offers for models, presets and the other choices.
 
 Order (later wins): preset < config file (TOML or JSON) < environment (DELFX_*) < command line.
 Click reads DELFX_* for every option, so the CLI hands environment and command-line values
@@ -17,9 +18,22 @@ from typing import Any, Mapping
 
 from delfx.errors import DelfxError
 
+# Names a user can type, listed once: the CLI offers them and the modules that implement them
+# import them from here (this module is cheap to import, so `delfx --help` stays instant).
+MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf-hybrid")
+RANSAC_MODELS = ("affine", "homography", "similarity")
+GLOBAL_MODEL_NAMES = ("gem-vgg16", "gem-resnet50", "concat")
+TRAIN_MODEL_NAMES = ("delf-bottleneck",) + GLOBAL_MODEL_NAMES
+CLASSIFIER_HEADS = ("pool", "flatten")
+CLASSIFY_MODES = ("fused", "classifier", "retrieval", "shortlist")
+# The key under which the recorded config (manifest, shards) keeps the model's own view of it.
+MODEL_OUTPUT_KEY = "model_output_config"
+
 # The image pyramid of the DELF paper and the official TF-Hub module.
 DELF_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+# Equal to Pillow's default MAX_IMAGE_PIXELS (2**30 // 4 // 3), so that at the default Pillow's
+# warning threshold and ours coincide; about 270 MB as a uint8 RGB array.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -27,7 +41,8 @@ class ExtractConfig:
     """Everything that decides what features an image gets.
 
     Attributes:
-        model: `auto`, `tfhub`, `delf-vgg16`, `delf-resnet50` or `rootsift`.
+        model: one of MODEL_NAMES (`auto`, `tfhub`, `delf-vgg16`, `delf-resnet50`, `rootsift`,
+            `delf-hybrid`).
         model_path: TF-Hub handle or SavedModel folder (tfhub), weights file (delf-resnet50);
             None for the built-in default.
         pca_path: PCA file (`delfx fit-pca`) replacing the one shipped with the model.
@@ -85,6 +100,32 @@ class ExtractConfig:
         data["scales"] = list(self.scales)
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExtractConfig":
+        """The config from plain values (a config file, a recorded config); fields left out
+        take their defaults, unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise DelfxError(f"unknown config keys: {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(data)
+        if "scales" in values:
+            try:
+                values["scales"] = tuple(float(s) for s in values["scales"])
+            except (TypeError, ValueError):
+                raise DelfxError(f"scales must be a list of numbers, got {values['scales']!r}") from None
+        return cls(**values)
+
+    def to_recorded(self, model_output_config: Mapping[str, Any]) -> dict[str, Any]:
+        """What shards and manifest record: the full resolved config (enough to rebuild the model
+        for queries) and the model's own view of the fields that shape its output."""
+        return {**self.to_dict(), MODEL_OUTPUT_KEY: dict(model_output_config)}
+
+    @classmethod
+    def from_recorded(cls, recorded: Mapping[str, Any]) -> "ExtractConfig":
+        """The config a feature set records (`to_recorded`), back as a config."""
+        return cls.from_dict({k: v for k, v in recorded.items() if k != MODEL_OUTPUT_KEY})
+
     def replace(self, **changes: Any) -> "ExtractConfig":
         return dataclasses.replace(self, **changes)
 
@@ -100,6 +141,7 @@ PRESETS: dict[str, ExtractConfig] = {
     "fast": ExtractConfig(preset="fast", max_side=512, scales=(0.5, 0.7071, 1.0, 1.4142),
                           max_features=500),
 }
+PRESET_NAMES = tuple(PRESETS)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -121,14 +163,12 @@ def resolve_extract_config(preset: str = "delf", config_file: Path | None = None
     if preset not in PRESETS:
         raise DelfxError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     values = PRESETS[preset].to_dict()
-    known = set(values)
     layers = [load_config_file(config_file) if config_file else {},
               {k: v for k, v in (overrides or {}).items() if v is not None}]
     for layer in layers:
-        unknown = set(layer) - known
+        unknown = set(layer) - set(values)
         if unknown:
-            raise DelfxError(f"unknown config keys: {sorted(unknown)}; known: {sorted(known)}")
+            raise DelfxError(f"unknown config keys: {sorted(unknown)}; known: {sorted(values)}")
         values.update(layer)
     values["preset"] = preset
-    values["scales"] = tuple(float(s) for s in values["scales"])
-    return ExtractConfig(**values)
+    return ExtractConfig.from_dict(values)

@@ -48,7 +48,11 @@ def evaluate(predictions: list[Prediction], truth: dict[str, str | None]) -> dic
         raise DelfxError(f"{len(missing)} predicted ids have no true label (e.g. {missing[0]!r})")
     covered = {p.query for p in predictions}
     truth = {q: label for q, label in truth.items() if q in covered}
-    return {"gap": gap(predictions, truth), **accuracy(predictions, truth),
+    try:
+        value = gap(predictions, truth)
+    except ValueError as exc:
+        raise DelfxError(f"cannot compute GAP: {exc}") from None
+    return {"gap": value, **accuracy(predictions, truth),
             "per_class": per_class(predictions, truth), "queries": len(truth)}
 
 

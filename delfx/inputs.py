@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delfx.errors import DelfxError
-from delfx.extractor.images import IMAGE_EXTENSIONS
+from delfx.images import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ where P(i) is the precision over the first i predictions, rel(i) is 1 when predi
 correct, and M is the number of queries that have a true landmark. A query without prediction
 adds nothing (but still counts in M if it has a landmark); a non-landmark query that gets a
 prediction is a wrong prediction and lowers the precision of everything ranked after it. Ties in
-score are broken by query id (ascending), so the result never depends on input order.
+score are broken by query id (ascending), so the result never depends on input order. With no
+landmark query at all (M = 0) GAP is undefined: `gap` raises rather than report a number.
+
+This is delfx's one GAP: `delfx evaluate`, `classify` and every benchmark stage use it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ def gap(predictions: Sequence[Prediction], truth: Mapping[str, str | None]) -> f
     Args:
         predictions: at most one per query; queries missing here have no prediction.
         truth: every query's true landmark, None/"" for non-landmark queries.
+
+    Raises:
+        ValueError: two predictions for one query, a prediction for a query not in `truth`,
+            or no landmark query in `truth`.
     """
     seen = set()
     for p in predictions:
@@ -46,7 +53,7 @@ def gap(predictions: Sequence[Prediction], truth: Mapping[str, str | None]) -> f
         seen.add(p.query)
     m = sum(1 for label in truth.values() if _has_label(label))
     if m == 0:
-        return 0.0
+        raise ValueError("GAP is undefined without a query that shows a landmark")
     made = sorted((p for p in predictions if _has_label(p.label)),
                   key=lambda p: (-float(p.score), p.query))
     correct, total = 0, 0.0
@@ -55,6 +62,12 @@ def gap(predictions: Sequence[Prediction], truth: Mapping[str, str | None]) -> f
             correct += 1
             total += correct / i
     return total / m
+
+
+def predictions_from(mapping: Mapping[str, tuple[str, float] | None]) -> list[Prediction]:
+    """Predictions from {query: (label, score) or None (no prediction)}."""
+    return [Prediction(q, p[0], float(p[1])) if p is not None else Prediction(q, None, 0.0)
+            for q, p in mapping.items()]
 
 
 def accuracy(predictions: Sequence[Prediction], truth: Mapping[str, str | None]) -> dict[str, float]:

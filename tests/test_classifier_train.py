@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from delfx.classifier.data import (LabelMap, feature_counts, load_arrays, prepare_training_data,
-                                   read_labels, stratified_split)
+from delfx.classifier.data import feature_counts, load_arrays, prepare_training_data
+from delfx.labels import LabelMap, read_labels, stratified_split
 from delfx.classifier.model import ARTIFACTS, ClassifierConfig, load_classifier
 from delfx.classifier.train import train_classifier
 from delfx.errors import DelfxError
@@ -98,8 +98,8 @@ def test_save_load_round_trip(trained, clustered, head, tmp_path):
     loaded = load_classifier(result.out_dir)
     with FeatureSet(clustered[0]) as fs:
         x, mask = load_arrays(fs, fs.image_ids, loaded.max_features)
-    np.testing.assert_array_equal(loaded.predict(x, mask), result.classifier.predict(x, mask))
-    assert loaded.labels == result.classifier.labels
+    np.testing.assert_array_equal(loaded.predict(x, mask), result.model.predict(x, mask))
+    assert loaded.labels == result.model.labels
     assert loaded.labels.labels == tuple(str(10 + k) for k in range(NUM_CLASSES))
     assert loaded.config == ClassifierConfig(head=head, **FAST)
     info = json.loads((result.out_dir / "config.json").read_text())
@@ -130,7 +130,7 @@ def test_rerun_is_identical_and_streaming_matches_memory(clustered, tmp_path, ca
     config = ClassifierConfig(**{**FAST, "epochs": 3})
     with FeatureSet(root) as fs:
         x, mask = load_arrays(fs, fs.image_ids[:50], config.max_features)
-    with caplog.at_level(logging.INFO, logger="delfx.classifier"):
+    with caplog.at_level(logging.INFO, logger="delfx"):
         # The second run replaces the first one's directory (overwrite of a classifier).
         runs = [train_classifier(root, labels, tmp_path / name, config.replace(**changes),
                                  overwrite=True)
@@ -139,9 +139,9 @@ def test_rerun_is_identical_and_streaming_matches_memory(clustered, tmp_path, ca
     assert "streaming batches from the shards" in caplog.text
     assert "3 labelled images have no features" in caplog.text
     assert caplog.text.count("epoch 2/3:") == 3  # one progress line per epoch and run
-    first = runs[0].classifier.predict(x, mask)
+    first = runs[0].model.predict(x, mask)
     for other in runs[1:]:
-        np.testing.assert_array_equal(other.classifier.predict(x, mask), first)
+        np.testing.assert_array_equal(other.model.predict(x, mask), first)
 
 
 def test_without_validation_set(clustered, tmp_path, caplog):
@@ -171,7 +171,7 @@ def sample_features(tmp_path_factory):
                              long_side=240, seed=0)
     config = ExtractConfig(model="rootsift", max_side=320)
     items = [ImageItem(i.id, str(data.root / i.path)) for i in data.images]
-    run_extraction(items, config, root / "features", 1, InProcessExecutor(config), progress=False)
+    run_extraction(items, config, root / "features", 1, InProcessExecutor(), progress=False)
     return data, root / "features"
 
 
@@ -187,9 +187,9 @@ def test_sample_data_query_accuracy(sample_features, tmp_path, head, floor):
                               ClassifierConfig(head=head, epochs=60, batch_size=16))
     queries = [i for i in data.split("query") if i.landmark_id]
     with FeatureSet(features) as fs:
-        x, mask = fs.padded_batch([q.id for q in queries], result.classifier.max_features)
-    predicted = result.classifier.predict(x, mask).argmax(axis=1)
-    accuracy = np.mean([result.classifier.labels.label(k) == q.landmark_id
+        x, mask = fs.padded_batch([q.id for q in queries], result.model.max_features)
+    predicted = result.model.predict(x, mask).argmax(axis=1)
+    accuracy = np.mean([result.model.labels.label(k) == q.landmark_id
                         for k, q in zip(predicted, queries)])
     print(f"\nsample-data query accuracy, {head} head: {accuracy:.3f} over {len(queries)} "
           f"queries of {result.num_classes} landmarks (chance {1 / result.num_classes:.3f}); "

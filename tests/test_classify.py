@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from delfx.cli import cli
-from delfx.classifier.calibration import Calibration, fit_logistic
+from delfx.recognition.calibration import Calibration, fit_logistic
 from delfx.errors import DelfxError
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def test_calibration_fit_and_refusals(tmp_path):
     with pytest.raises(DelfxError, match="both right and wrong"):
         fit_logistic(good, np.ones(50), ["a", "b"])
     (tmp_path / "bad.json").write_text('{"format": "x"}')
-    with pytest.raises(DelfxError, match="unknown calibration"):
+    with pytest.raises(DelfxError, match="not a delfx calibration"):
         Calibration.load(tmp_path / "bad.json")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from delfx.config import PRESETS, ExtractConfig
 from delfx.errors import DelfxError
-from delfx.extractor.receptive_field import RECEPTIVE_FIELDS, ReceptiveField, chain
+from delfx.nets.receptive_field import RECEPTIVE_FIELDS, ReceptiveField, chain
 
 tf = pytest.importorskip("tensorflow")
 

@@ -1,6 +1,6 @@
 """benchmarks/eval_local_features.py: the metrics by hand, and the model ordering on real photos.
 
-The metric tests (GAP, AUC, leave-one-out predictions) are fast and need no data. The shared-data
+The metric tests (AUC, leave-one-out predictions; GAP is delfx.metrics', tested there) are fast and need no data. The shared-data
 test extracts a small subset of ../shared/data/landmarks-dev with RootSIFT, the bundled-weight
 delf-vgg16 and the same network with random weights, and checks the orderings the full benchmark
 reports: the bundled weights separate same-landmark pairs from the rest clearly better than
@@ -13,62 +13,6 @@ import numpy as np
 import pytest
 
 from benchmarks import eval_local_features as ev
-
-# --------------------------------------------------------------------------------------------
-# GAP (Kaggle GLR definition), worked by hand
-# --------------------------------------------------------------------------------------------
-
-
-def test_gap_all_correct_is_one():
-    truth = {"q1": "a", "q2": "b"}
-    assert ev.gap({"q1": ("a", 3.0), "q2": ("b", 1.0)}, truth) == pytest.approx(1.0)
-
-
-def test_gap_wrong_prediction_lowers_precision_of_those_below():
-    # sorted: q1 (9, right) P=1/1, q3 (7, wrong: shows no landmark), q2 (5, right) P=2/3
-    truth = {"q1": "a", "q2": "b", "q3": None}
-    predictions = {"q1": ("a", 9.0), "q2": ("b", 5.0), "q3": ("c", 7.0)}
-    assert ev.gap(predictions, truth) == pytest.approx((1 + 2 / 3) / 2)
-
-
-def test_gap_wrong_label_on_landmark_query():
-    # q2 predicts the wrong landmark with the top score: q1 is right at rank 2 -> 1/2, M = 2
-    truth = {"q1": "a", "q2": "b"}
-    assert ev.gap({"q1": ("a", 1.0), "q2": ("a", 2.0)}, truth) == pytest.approx(0.25)
-
-
-def test_gap_ties_are_broken_by_query_id_not_input_order():
-    truth = {"q1": "a", "q2": "b"}
-    # q1 (right) sorts before q2 (wrong) at equal score: P(1) = 1 -> GAP 1/2
-    first = {"q2": ("x", 5.0), "q1": ("a", 5.0)}
-    second = {"q1": ("a", 5.0), "q2": ("x", 5.0)}
-    assert ev.gap(first, truth) == ev.gap(second, truth) == pytest.approx(0.5)
-    # the other way round q2 (right) follows q1 (wrong): P(2) = 1/2 -> 1/4
-    assert ev.gap({"q1": ("x", 5.0), "q2": ("b", 5.0)}, truth) == pytest.approx(0.25)
-
-
-def test_gap_empty_and_missing_predictions():
-    truth = {"q1": "a", "q2": "b", "n1": None}
-    assert ev.gap({}, truth) == 0.0
-    assert ev.gap({"q1": None, "q2": None, "n1": None}, truth) == 0.0
-    # a landmark query without prediction still counts in M
-    assert ev.gap({"q1": ("a", 1.0)}, truth) == pytest.approx(0.5)
-
-
-def test_gap_non_landmark_query_with_prediction_counts_as_wrong():
-    truth = {"n1": None, "q1": "a"}
-    # n1 ranked first is wrong; q1 right at rank 2 -> (1/2) / M=1
-    assert ev.gap({"n1": ("a", 10.0), "q1": ("a", 1.0)}, truth) == pytest.approx(0.5)
-    # ranked last it costs nothing
-    assert ev.gap({"n1": ("a", 0.5), "q1": ("a", 1.0)}, truth) == pytest.approx(1.0)
-
-
-def test_gap_refuses_undefined_cases():
-    with pytest.raises(ValueError):
-        ev.gap({"n1": ("a", 1.0)}, {"n1": None})  # no landmark query: M = 0
-    with pytest.raises(ValueError):
-        ev.gap({"zz": ("a", 1.0)}, {"q1": "a"})  # prediction for an unknown query
-
 
 # --------------------------------------------------------------------------------------------
 # AUC, pairs, leave-one-out

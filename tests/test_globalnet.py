@@ -162,8 +162,8 @@ def test_gem_training_learns_and_is_recorded(sample_dataset, trained):
     assert info["global_model"]["model"] == "gem-vgg16" and info["versions"]["keras"]
     assert len(info["model_hash"]) == 64 and len(info["backbone_weights_sha256"]) == 64
     # Predictions on the unseen query views beat chance (0.25) by far.
-    from delfx.extractor.images import load_image
-    from delfx.classifier.data import read_labels
+    from delfx.images import load_image
+    from delfx.labels import read_labels
     truth = read_labels(sample_dataset.query_csv)
     queries = [i for i in sample_dataset.images if i.split == "query" and truth[i.id]]
     images = [load_image(sample_dataset.root / i.path) for i in queries]
@@ -240,7 +240,7 @@ def test_concat_model_with_user_resnet_weights(sample_dataset, tmp_path):
     assert result.num_classes == 4 and model.descriptor_dim == 512 + 2048
     assert model.embedder.get_layer("resnet50_gem").p.shape == (2048,)
     assert json.loads((tmp_path / "cat" / "config.json").read_text())["global_model"] == config.to_dict()
-    from delfx.extractor.images import load_image
+    from delfx.images import load_image
     vectors = model.embed([load_image(data / sample_dataset.images[0].path)])
     assert vectors.shape == (1, 2560)
     np.testing.assert_allclose(np.linalg.norm(vectors), 1.0, rtol=1e-5)

@@ -13,7 +13,7 @@ from delfx.cli import cli
 from delfx.config import ExtractConfig
 from delfx.errors import DelfxError
 from delfx.extractor.hybrid import CNN_DIM, RAW_DIM, combine, sample_cells
-from delfx.extractor.receptive_field import RECEPTIVE_FIELDS, ReceptiveField
+from delfx.nets.receptive_field import RECEPTIVE_FIELDS, ReceptiveField
 
 
 def test_sample_cells_follows_the_receptive_field_centres():
@@ -95,7 +95,7 @@ def test_hybrid_config_errors():
 
 
 def test_search_verifies_hybrid_keypoints_at_sift_precision(hybrid):
-    from delfx.index.search import default_threshold
+    from delfx.index.geometry import default_threshold
     assert default_threshold(hybrid.model_id) == default_threshold("rootsift+pca40") == 0.01
     assert default_threshold("delf-vgg16-hed+norm+pca40") == 0.03
 

@@ -20,8 +20,8 @@ from PIL import Image, ImageFile, ImageOps, TiffImagePlugin, WebPImagePlugin
 from broken_images import (EXIF_ROTATED, MARK, MAX16, H, W, good_image_bytes, photo, png_with_header,
                            ramp16, write_broken_images, write_good_images)
 from delfx.errors import DelfxError
-from delfx.extractor import images
-from delfx.extractor.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, REASONS, ImageError,
+from delfx import images
+from delfx.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, REASONS, ImageError,
                                     decode_image, image_size, load_image)
 
 
@@ -385,12 +385,12 @@ def test_image_extensions_cover_the_fixture_files(good_dir):
 
 
 def test_failures_are_logged_at_debug_level(caplog):
-    with caplog.at_level("DEBUG", logger="delfx.extractor.images"):
+    with caplog.at_level("DEBUG", logger="delfx.images"):
         with pytest.raises(ImageError):
             decode_image(b"not an image", name="x.jpg")
     assert any(r.levelname == "DEBUG" and "not_an_image: x.jpg" in r.getMessage() for r in caplog.records)
 
 
 def test_importing_the_module_does_not_import_tensorflow():
-    code = "import sys, delfx.extractor.images; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, delfx.images; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

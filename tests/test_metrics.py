@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from delfx.metrics import Prediction as P
-from delfx.metrics import accuracy, gap, per_class
+from delfx.metrics import accuracy, gap, per_class, predictions_from
+
+
+def gapm(mapping, truth):
+    return gap(predictions_from(mapping), truth)
 
 
 def test_gap_hand_worked():
@@ -29,7 +33,8 @@ def test_gap_ties_are_deterministic():
 
 def test_gap_edges():
     assert gap([], {"q1": "a"}) == 0.0
-    assert gap([], {"q1": None}) == 0.0
+    with pytest.raises(ValueError, match="undefined"):
+        gap([], {"q1": None})  # no landmark query: M = 0
     assert gap([P("q1", "a", 1.0)], {"q1": "a"}) == 1.0
     with pytest.raises(ValueError, match="more than one"):
         gap([P("q1", "a", 1), P("q1", "b", 2)], {"q1": "a"})
@@ -44,3 +49,59 @@ def test_accuracy_and_per_class():
     assert acc["top1"] == pytest.approx(1 / 3) and acc["non_landmark_rejection"] == 0.5
     assert per_class(preds, truth) == {"a": {"queries": 2, "correct": 1, "accuracy": 0.5},
                                        "b": {"queries": 1, "correct": 0, "accuracy": 0.0}}
+
+
+# --------------------------------------------------------------------------------------------
+# GAP from {query: (label, score)} mappings, as the benchmarks call it, worked by hand
+# --------------------------------------------------------------------------------------------
+
+
+def test_gap_all_correct_is_one():
+    truth = {"q1": "a", "q2": "b"}
+    assert gapm({"q1": ("a", 3.0), "q2": ("b", 1.0)}, truth) == pytest.approx(1.0)
+
+
+def test_gap_wrong_prediction_lowers_precision_of_those_below():
+    # sorted: q1 (9, right) P=1/1, q3 (7, wrong: shows no landmark), q2 (5, right) P=2/3
+    truth = {"q1": "a", "q2": "b", "q3": None}
+    predictions = {"q1": ("a", 9.0), "q2": ("b", 5.0), "q3": ("c", 7.0)}
+    assert gapm(predictions, truth) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_gap_wrong_label_on_landmark_query():
+    # q2 predicts the wrong landmark with the top score: q1 is right at rank 2 -> 1/2, M = 2
+    truth = {"q1": "a", "q2": "b"}
+    assert gapm({"q1": ("a", 1.0), "q2": ("a", 2.0)}, truth) == pytest.approx(0.25)
+
+
+def test_gap_ties_are_broken_by_query_id_not_input_order():
+    truth = {"q1": "a", "q2": "b"}
+    # q1 (right) sorts before q2 (wrong) at equal score: P(1) = 1 -> GAP 1/2
+    first = {"q2": ("x", 5.0), "q1": ("a", 5.0)}
+    second = {"q1": ("a", 5.0), "q2": ("x", 5.0)}
+    assert gapm(first, truth) == gapm(second, truth) == pytest.approx(0.5)
+    # the other way round q2 (right) follows q1 (wrong): P(2) = 1/2 -> 1/4
+    assert gapm({"q1": ("x", 5.0), "q2": ("b", 5.0)}, truth) == pytest.approx(0.25)
+
+
+def test_gap_empty_and_missing_predictions():
+    truth = {"q1": "a", "q2": "b", "n1": None}
+    assert gapm({}, truth) == 0.0
+    assert gapm({"q1": None, "q2": None, "n1": None}, truth) == 0.0
+    # a landmark query without prediction still counts in M
+    assert gapm({"q1": ("a", 1.0)}, truth) == pytest.approx(0.5)
+
+
+def test_gap_non_landmark_query_with_prediction_counts_as_wrong():
+    truth = {"n1": None, "q1": "a"}
+    # n1 ranked first is wrong; q1 right at rank 2 -> (1/2) / M=1
+    assert gapm({"n1": ("a", 10.0), "q1": ("a", 1.0)}, truth) == pytest.approx(0.5)
+    # ranked last it costs nothing
+    assert gapm({"n1": ("a", 0.5), "q1": ("a", 1.0)}, truth) == pytest.approx(1.0)
+
+
+def test_gap_refuses_undefined_cases():
+    with pytest.raises(ValueError):
+        gapm({"n1": ("a", 1.0)}, {"n1": None})  # no landmark query: M = 0
+    with pytest.raises(ValueError):
+        gapm({"zz": ("a", 1.0)}, {"q1": "a"})  # prediction for an unknown query

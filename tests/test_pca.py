@@ -115,7 +115,7 @@ def test_save_load_round_trip(tmp_path, data):
     np.testing.assert_array_equal(loaded.apply(x[:20]), pca.apply(x[:20]))
     assert not list(tmp_path.glob(".*tmp*"))  # the atomic write left nothing behind
     with h5py.File(path) as f:  # a plain HDF5 file, no pickled objects
-        assert f.attrs["format"] == "delfx-pca" and f.attrs["version"] == FORMAT_VERSION
+        assert f.attrs["format"] == "delfx-pca" and f.attrs["format_version"] == FORMAT_VERSION
         assert set(f) == {"mean", "components", "variances"}
 
 
@@ -127,7 +127,7 @@ def test_digest_ignores_source_only(data):
     assert len(a.digest()) == 64
 
 
-@pytest.mark.parametrize("attr, value, match", [("version", 2, "version 2 is not supported"),
+@pytest.mark.parametrize("attr, value, match", [("format_version", 2, "version 2 is not supported"),
                                                  ("format", "something-else", "not a delfx-pca")])
 def test_load_refuses_unknown_format_or_version(tmp_path, data, attr, value, match):
     path = fit_pca(data[0], dim=4).save(tmp_path / "pca.h5")

@@ -30,7 +30,7 @@ def _pairs(shared_data):
 @pytest.mark.parametrize("model_name,must_verify,max_error", [("rootsift", 4, 1.5),
                                                               ("delf-vgg16", 3, 6.0)])
 def test_matched_keypoints_agree_with_ground_truth(shared_data, model_name, must_verify, max_error):
-    from delfx.extractor.images import load_image
+    from delfx.images import load_image
     from delfx.extractor.models import create_model
     # max_side forces a resize, so the mapping back to original pixels is exercised too.
     model = create_model(ExtractConfig(model=model_name, max_side=640,

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from delfx.cli import cli
 from delfx.config import ExtractConfig
 from delfx.errors import DelfxError
-from delfx.extractor.train_attention import AttentionTrainConfig, random_crops, read_model_dir
+from delfx.extractor.delf_model_dir import read_model_dir
+from delfx.extractor.train_attention import AttentionTrainConfig, random_crops
 
 
 def test_random_crops_are_multi_scale_and_seeded():
@@ -68,7 +69,7 @@ def test_trained_model_extracts_and_exports(trained, sample_dataset, tmp_path):
     untrained = create_model(config.replace(model_path=None))
     assert model.model_hash != untrained.model_hash
     image_path = sample_dataset.root / sample_dataset.images[0].path
-    from delfx.extractor.images import load_image
+    from delfx.images import load_image
     image = load_image(str(image_path))
     ours = model.extract(image, "x")
     assert ours.num_features == 200 and ours.descriptors.shape[1] == 40
@@ -90,7 +91,7 @@ def test_trained_model_extracts_and_exports(trained, sample_dataset, tmp_path):
 def test_finetuning_the_last_block_and_refusals(sample_dataset, tmp_path):
     from delfx.extractor.models import create_model
     from delfx.extractor.train_attention import train_attention
-    from delfx.classifier.data import read_labels
+    from delfx.labels import read_labels
     from delfx.inputs import list_images
     items = list_images(sample_dataset.root / "labels.csv")
     labels = read_labels(sample_dataset.root / "labels.csv")

@@ -36,21 +36,22 @@ the feature model it expects, data summary, throughput, versions), ``curves.json
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from delfx.classifier.data import LabelMap
+from delfx.artifacts import header, read_json_artifact
 from delfx.errors import DelfxError
+from delfx.labels import LabelMap
+from delfx.nets.heads import HeadConfig, bottleneck, check_activation
+from delfx.nets.training import CLASSIFIER_FORMAT, plot_curves
 from delfx.paths import atomic_write_bytes, atomic_write_json
 
-FORMAT_NAME, FORMAT_VERSION = "delfx-classifier", 1
+FORMAT_NAME, FORMAT_VERSION = CLASSIFIER_FORMAT, 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 MODEL_FILE, LABELS_FILE, CONFIG_FILE = "model.keras", "labels.json", "config.json"
 CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
@@ -60,101 +61,32 @@ _LAYERS: dict[str, type] = {}  # our registered Keras layers, filled by _keras()
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(HeadConfig):
     """Every hyper-parameter of a classifier and its training run (recorded in config.json).
+
+    The head and training fields are `HeadConfig`'s (shared with the GeM global models); these
+    are the classifier's own.
 
     Attributes:
         head: ``pool`` (order-invariant, the default: better on new views, see the module
             docstring) or ``flatten`` (the reference 150 x D bottleneck).
-        units: width of each bottleneck Dense layer.
-        blocks: number of [Dense -> BatchNorm -> activation -> Dropout] blocks.
-        activation: Keras activation name of the blocks (and of the pool head's per-keypoint layer).
-        dropout: dropout rate after each block.
-        batchnorm_momentum: momentum of the BatchNormalization moving statistics; None picks
-            it from the steps per epoch (see `auto_batchnorm_momentum`).
         pool_units: width of the per-keypoint Dense layer (pool head only).
         max_features: descriptors per image fed to the network (top by attention score).
-        batch_size: training batch size (capped to the number of training images).
-        epochs: maximum number of epochs; early stopping usually ends sooner.
-        learning_rate: initial Adam learning rate.
-        min_learning_rate: ReduceLROnPlateau floor.
-        lr_factor: ReduceLROnPlateau factor.
-        lr_patience: epochs without validation-loss improvement before the rate is reduced.
-        patience: epochs without improvement before early stopping (best weights restored).
-        min_samples: classes with fewer usable images are dropped (long-tail cut; 1 keeps all).
-        validation_share: share of each class held out for validation (0 disables validation;
-            early stopping then watches the training loss).
-        class_weighting: weight samples n / (C * n_class) so rare classes count as much.
-        seed: seeds the split, the shuffling, the initial weights and dropout.
         memory_budget_mb: inputs estimated above this are streamed from the shards instead of
             loaded into memory.
     """
 
+    NAME = "classifier config"
+
     head: str = "pool"
-    units: int = 512
-    blocks: int = 1
-    activation: str = "relu"
-    dropout: float = 0.5
-    batchnorm_momentum: float | None = None
     pool_units: int = 256
     max_features: int = 150
-    batch_size: int = 256
-    epochs: int = 100
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 1e-5
-    lr_factor: float = 0.2
-    lr_patience: int = 3
-    patience: int = 8
-    min_samples: int = 1
-    validation_share: float = 0.1
-    class_weighting: bool = True
-    seed: int = 0
     memory_budget_mb: int = 4096
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise DelfxError(f"classifier config: {what}")
-        need(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        for name in ("units", "pool_units", "max_features", "batch_size", "epochs",
-                     "min_samples", "memory_budget_mb"):
-            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1,
-                 f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("blocks", "lr_patience", "patience", "seed"):
-            need(_is_int(getattr(self, name)) and getattr(self, name) >= 0,
-                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        need(isinstance(self.activation, str) and bool(self.activation),
-             f"activation must be a Keras activation name, got {self.activation!r}")
-        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        need(self.batchnorm_momentum is None or 0.0 <= self.batchnorm_momentum < 1.0,
-             f"batchnorm_momentum must be in [0, 1) or None, got {self.batchnorm_momentum}")
-        need(0.0 <= self.validation_share < 1.0,
-             f"validation_share must be in [0, 1), got {self.validation_share}")
-        need(0.0 < self.min_learning_rate <= self.learning_rate,
-             f"need 0 < min_learning_rate <= learning_rate, got {self.min_learning_rate} and "
-             f"{self.learning_rate}")
-        need(0.0 < self.lr_factor < 1.0, f"lr_factor must be in (0, 1), got {self.lr_factor}")
-        need(isinstance(self.class_weighting, bool),
-             f"class_weighting must be true or false, got {self.class_weighting!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ClassifierConfig":
-        """The config from a dict (config.json, a config file); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise DelfxError(f"classifier config: unknown setting(s) {', '.join(unknown)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> "ClassifierConfig":
-        return dataclasses.replace(self, **changes)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    def check(self) -> None:
+        super().check()
+        self.need(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        self.need_int(("pool_units", "max_features", "memory_budget_mb"), 1)
 
 
 @functools.cache
@@ -196,18 +128,6 @@ def _keras():
     return keras
 
 
-def auto_batchnorm_momentum(steps_per_epoch: int) -> float:
-    """BatchNorm momentum whose averaging window is one epoch, at most 100 steps (Keras' 0.99).
-
-    The moving statistics are what validation and inference use. With Keras' fixed 0.99 they
-    average over ~100 steps; a small set trains in a few steps per epoch, so for dozens of
-    epochs they would describe long-gone weights and the validation loss would lag far behind
-    the training loss (early stopping would then judge stale statistics, not the model).
-    """
-    window = min(max(int(steps_per_epoch), 1), 100)
-    return 1.0 - 1.0 / window
-
-
 def build_model(config: ClassifierConfig, descriptor_dim: int, num_classes: int,
                 steps_per_epoch: int = 100):
     """The uncompiled Keras model: inputs ``features`` (max_features, D) and ``mask`` (max_features,).
@@ -221,10 +141,7 @@ def build_model(config: ClassifierConfig, descriptor_dim: int, num_classes: int,
     keras = _keras()
     layers = keras.layers
     mf = config.max_features
-    try:
-        keras.activations.get(config.activation)
-    except ValueError:
-        raise DelfxError(f"classifier config: unknown activation {config.activation!r}") from None
+    check_activation(config)
     features = keras.Input((mf, descriptor_dim), name="features")
     mask = keras.Input((mf,), name="mask")
     if config.head == "flatten":
@@ -236,27 +153,9 @@ def build_model(config: ClassifierConfig, descriptor_dim: int, num_classes: int,
         points = layers.Dense(config.pool_units, activation=config.activation,
                               name="keypoint_dense")(features)
         x = _LAYERS["MaskedMeanMax"](name="masked_mean_max")([points, mask])
-    momentum = config.batchnorm_momentum
-    if momentum is None:
-        momentum = auto_batchnorm_momentum(steps_per_epoch)
-    for b in range(config.blocks):
-        x = layers.Dense(config.units, name=f"bottleneck_{b}")(x)
-        x = layers.BatchNormalization(momentum=momentum, name=f"batchnorm_{b}")(x)
-        x = layers.Activation(config.activation, name=f"activation_{b}")(x)
-        x = layers.Dropout(config.dropout, seed=config.seed + b, name=f"dropout_{b}")(x)
-    outputs = layers.Dense(num_classes, activation="sigmoid", name="probabilities")(x)
+    outputs = bottleneck(x, config, num_classes, steps_per_epoch)
     return keras.Model({"features": features, "mask": mask}, outputs,
                        name=f"delfx_classifier_{config.head}")
-
-
-def compile_model(model, config: ClassifierConfig) -> None:
-    """Adam + binary cross-entropy over one-hot targets (the reference recipe), accuracy metric."""
-    keras = _keras()
-    # "accuracy" alone would resolve to binary accuracy (per output unit) with this loss, which
-    # is ~1 - 1/C for any model; categorical accuracy is the top-1 accuracy wanted here.
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
 class Classifier:
@@ -324,38 +223,17 @@ def save_classifier(directory: Path, model, labels: LabelMap, info: dict[str, An
     atomic_write_json(directory / CURVES_JSON, curves)
     atomic_write_bytes(directory / CURVES_PNG, plot_curves(curves))
     # config.json last: its presence marks a complete classifier directory.
-    written = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **info,
+    written = {**header(FORMAT_NAME, FORMAT_VERSION), **info,
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(directory / CONFIG_FILE, written)
     return written
 
 
-def is_classifier_dir(directory: Path) -> bool:
-    """Whether `directory` holds a delfx classifier (of any format version)."""
-    try:
-        data = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    # A GeM global model (delfx.globalnet) is a classifier too: `--overwrite` may replace it.
-    return isinstance(data, dict) and data.get("format") in (FORMAT_NAME, "delfx-global-model")
-
-
 def read_info(directory: Path) -> dict[str, Any]:
     """config.json of a classifier directory, checked for format and version."""
     path = Path(directory) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DelfxError(f"{directory}: not a delfx classifier (no {CONFIG_FILE})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DelfxError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise DelfxError(f"{path}: not a delfx classifier config")
-    version = data.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise DelfxError(f"{path}: classifier format version {version!r} is not supported by "
-                         f"this delfx (supported: {sorted(SUPPORTED_FORMAT_VERSIONS)}); "
-                         f"upgrade delfx or retrain")
+    data = read_json_artifact(path, FORMAT_NAME, SUPPORTED_FORMAT_VERSIONS,
+                              what="delfx classifier", advice="upgrade delfx or retrain")
     for key in ("classifier", "features", "num_classes"):
         if key not in data:
             raise DelfxError(f"{path}: malformed classifier config (no {key!r})")
@@ -387,34 +265,3 @@ def load_classifier(directory: str | Path) -> Classifier:
     if model.output_shape[-1] != len(labels):
         raise DelfxError(f"{model_path}: {model.output_shape[-1]} outputs for {len(labels)} classes")
     return Classifier(model, labels, config, info)
-
-
-def plot_curves(curves: Mapping[str, Any]) -> bytes:
-    """PNG of loss and accuracy per epoch, training vs validation.
-
-    Uses matplotlib's Agg canvas directly (not pyplot), so no global backend is switched and no
-    display is needed.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    import io
-
-    epochs = curves.get("epoch", [])
-    fig = Figure(figsize=(9, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    for k, metric in enumerate(("loss", "accuracy")):
-        ax = fig.add_subplot(1, 2, k + 1)
-        for prefix, name in (("", "train"), ("val_", "validation")):
-            values = curves.get(prefix + metric)
-            if values:
-                ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=name)
-        if curves.get("best_epoch") is not None:
-            ax.axvline(curves["best_epoch"], color="grey", linestyle=":", label="best")
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()

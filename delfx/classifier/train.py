@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from delfx.classifier.data import (BatchSource, TrainingData, balanced_weights, estimate_bytes,
-                                   load_arrays, make_dataset, prepare_training_data, read_labels)
-from delfx.classifier.model import (Classifier, ClassifierConfig, _keras,
-                                    auto_batchnorm_momentum, build_model, compile_model,
-                                    is_classifier_dir, save_classifier)
-from delfx.errors import DelfxError
-from delfx.paths import write_directory_atomically
+from delfx.classifier.data import (BatchSource, TrainingData, estimate_bytes, load_arrays,
+                                   make_dataset, prepare_training_data)
+from delfx.classifier.model import (Classifier, ClassifierConfig, _keras, build_model,
+                                    save_classifier)
+from delfx.labels import read_labels
+from delfx.nets.heads import compile_head
+from delfx.nets.training import (TrainResult, balanced_weights, callbacks, check_output_dir,
+                                 epoch_logger, history_curves, is_trained_model_dir,
+                                 write_model_dir)
 from delfx.store import FeatureSet
 from delfx.versions import library_versions
 
@@ -31,41 +32,7 @@ log = logging.getLogger(__name__)
 
 # At most this many images are timed for the inference throughput (it is a rate, not a score).
 _INFERENCE_PROBE = 4096
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced and measured.
-
-    Attributes:
-        out_dir: the classifier directory written.
-        classifier: the trained classifier (same as `load_classifier(out_dir)`).
-        num_classes, train_images, validation_images: data sizes.
-        epochs_run: epochs trained before early stopping (or `config.epochs`).
-        best_epoch: 1-based epoch whose weights were kept.
-        val_accuracy, val_loss: of the kept weights on the validation set (None without one).
-        train_samples_per_s: training throughput (forward + backward, first epoch excluded
-            because it includes graph tracing, when there is more than one).
-        inference_samples_per_s: `Classifier.predict` throughput on in-memory inputs.
-        input_mode: "memory" or "stream" (see `delfx.classifier.data`).
-        seconds: wall time of the whole run.
-        data: the training data summary (as recorded in config.json).
-    """
-
-    out_dir: Path
-    classifier: Classifier
-    num_classes: int
-    train_images: int
-    validation_images: int
-    epochs_run: int
-    best_epoch: int
-    val_accuracy: float | None
-    val_loss: float | None
-    train_samples_per_s: float
-    inference_samples_per_s: float
-    input_mode: str
-    seconds: float
-    data: dict[str, Any] = field(default_factory=dict)
+WHAT = "classifier"  # what the output-folder messages call it
 
 
 def train_classifier(feature_dir: str | Path, labels_csv: str | Path, out_dir: str | Path,
@@ -87,7 +54,7 @@ def train_classifier(feature_dir: str | Path, labels_csv: str | Path, out_dir: s
     """
     start = time.monotonic()
     out_dir = Path(out_dir)
-    _check_output(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, is_trained_model_dir, WHAT)
     labels = read_labels(labels_csv)
     with FeatureSet(Path(feature_dir), require_complete=False) as fs:
         if not fs.manifest.complete:
@@ -119,8 +86,9 @@ def train_classifier(feature_dir: str | Path, labels_csv: str | Path, out_dir: s
             "data": summary, "training": training, "versions": library_versions()}
     classifier = run["classifier"]
     written: dict[str, Any] = {}
-    _write_atomically(out_dir, overwrite, lambda tmp: written.update(
-        save_classifier(tmp, classifier.model, data.label_map, info, fit["curves"])))
+    write_model_dir(out_dir, overwrite, lambda tmp: written.update(
+        save_classifier(tmp, classifier.model, data.label_map, info, fit["curves"])),
+        is_trained_model_dir, WHAT)
     classifier.info = written
     seconds = time.monotonic() - start
     log.info("classifier: %d classes, best epoch %d of %d, validation accuracy %s; training %.0f "
@@ -131,7 +99,7 @@ def train_classifier(feature_dir: str | Path, labels_csv: str | Path, out_dir: s
     return TrainResult(out_dir, classifier, len(data.label_map), len(data.train_positions),
                        len(data.val_positions), fit["epochs_run"], fit["best_epoch"],
                        run["val_accuracy"], run["val_loss"], fit["samples_per_s"],
-                       run["inference_rate"], run["input_mode"], seconds, summary)
+                       run["inference_rate"], seconds, summary, run["input_mode"])
 
 
 def _train(fs: FeatureSet, data: TrainingData, config: ClassifierConfig) -> dict[str, Any]:
@@ -150,11 +118,9 @@ def _train(fs: FeatureSet, data: TrainingData, config: ClassifierConfig) -> dict
     batch_size = min(config.batch_size, len(train))
     steps = -(-len(train) // batch_size)
     model = build_model(config, fs.descriptor_dim, len(data.label_map), steps)
-    compile_model(model, config)
+    compile_head(model, config)
     fit = _fit(model, config, data, train, val, batch_size)
-    fit.update(steps_per_epoch=steps, batchnorm_momentum=(
-        config.batchnorm_momentum if config.batchnorm_momentum is not None
-        else auto_batchnorm_momentum(steps)))
+    fit.update(steps_per_epoch=steps, batchnorm_momentum=config.momentum(steps))
     classifier = Classifier(model, data.label_map, config,
                             {"features": {"descriptor_dim": fs.descriptor_dim}})
     val_loss, val_accuracy = _evaluate(classifier, val, data.val_targets)
@@ -165,59 +131,8 @@ def _train(fs: FeatureSet, data: TrainingData, config: ClassifierConfig) -> dict
             "input_mode": "memory" if in_memory else "stream", "input_bytes": need}
 
 
-def _check_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse before any work is done, not after an hour of training."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DelfxError(f"{out_dir} exists and is not a directory")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise DelfxError(f"{out_dir} is not empty; choose a new directory or overwrite "
-                         f"(--overwrite) an earlier classifier")
-    # overwrite replaces a classifier, never an arbitrary folder that was named by mistake.
-    if not is_classifier_dir(out_dir):
-        raise DelfxError(f"{out_dir} is not empty and is not a delfx classifier; refusing to "
-                         f"replace it even with overwrite")
-
-
-def _write_atomically(out_dir: Path, overwrite: bool, write) -> None:
-    """Swap the written directory in; re-check `out_dir`, which may have filled while we trained."""
-    write_directory_atomically(out_dir, write, lambda: _check_output(out_dir, overwrite))
-
-
-def _epoch_logger():
-    keras = _keras()
-
-    class EpochLogger(keras.callbacks.Callback):
-        """One log line per epoch (Keras runs with verbose=0) and the pure training time."""
-
-        def __init__(self, epochs: int):
-            super().__init__()
-            self.epochs = epochs
-            self.train_seconds: list[float] = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._begin = self._last_batch = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self._last_batch = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            self.train_seconds.append(self._last_batch - self._begin)
-            parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss",
-                                                     "val_accuracy") if k in logs]
-            if "learning_rate" in logs:
-                parts.append(f"lr {logs['learning_rate']:.1e}")
-            log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, ", ".join(parts),
-                     time.perf_counter() - self._begin)
-
-    return EpochLogger
-
-
 def _fit(model, config: ClassifierConfig, data: TrainingData, train: BatchSource,
          val: BatchSource, batch_size: int) -> dict[str, Any]:
-    keras = _keras()
     num_classes = len(data.label_map)
     weights = (balanced_weights(data.train_targets, num_classes) if config.class_weighting
                else None)
@@ -229,30 +144,21 @@ def _fit(model, config: ClassifierConfig, data: TrainingData, train: BatchSource
     if not has_val:
         log.warning("no validation images (validation_share=%s, or every class has a single "
                     "image): early stopping watches the training loss", config.validation_share)
-    logger = _epoch_logger()(config.epochs)
-    callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor,
-                                          patience=config.lr_patience,
-                                          min_lr=config.min_learning_rate, verbose=0),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
-                                      restore_best_weights=True, verbose=0),
-        logger,  # last: sees the learning rate ReduceLROnPlateau puts in the logs
-    ]
+    logger = epoch_logger(config.epochs)
+    schedule = callbacks(monitor, lr_factor=config.lr_factor, lr_patience=config.lr_patience,
+                         min_learning_rate=config.min_learning_rate, patience=config.patience,
+                         logger=logger)
     log.info("training %s head: %d classes, %d train / %d validation images, batch %d, up to "
              "%d epochs", config.head, num_classes, len(train), len(val), batch_size,
              config.epochs)
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
                         shuffle=False,  # make_dataset shuffles, seeded, per epoch
-                        callbacks=callbacks).history
+                        callbacks=schedule).history
     epochs_run = len(history.get("loss", []))
     monitored = history[monitor]
     best_epoch = int(np.argmin(monitored)) + 1
-    timed = logger.train_seconds[1:] or logger.train_seconds  # epoch 1 includes tracing
-    samples_per_s = len(train) * len(timed) / max(sum(timed), 1e-9)
-    curves = {"epoch": list(range(1, epochs_run + 1)), "best_epoch": best_epoch,
-              "monitor": monitor}
-    for key, values in history.items():
-        curves[key] = [float(v) for v in values]
+    samples_per_s = logger.samples_per_second(len(train))
+    curves = history_curves(history, monitor, best_epoch)
     return {"epochs_run": epochs_run, "best_epoch": best_epoch, "monitor": monitor,
             "batch_size": batch_size, "samples_per_s": round(samples_per_s, 1), "curves": curves}
 

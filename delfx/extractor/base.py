@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 from typing import Any, Sequence
 
 import numpy as np
 
 from delfx.config import ExtractConfig
+from delfx.digests import text_sha256
 from delfx.store.records import ImageFeatures
 
 
@@ -46,7 +46,7 @@ class FeatureModel(abc.ABC):
         """Identifies the model exactly: weights digest + the config that shapes its output."""
         payload = json.dumps({"id": self.model_id, "weights": self.weights_digest(),
                               "config": self.output_config()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return text_sha256(payload)
 
     def output_config(self) -> dict[str, Any]:
         """The config fields that change this model's output (recorded and hashed)."""

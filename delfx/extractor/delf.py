@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any, Sequence
 
 import numpy as np
 
 from delfx.config import ExtractConfig
+from delfx.digests import combined_sha256
 from delfx.errors import DelfxError
 from delfx.extractor.base import FeatureModel
 from delfx.extractor.pca import PCAProjection
@@ -92,7 +92,7 @@ class DelfModel(FeatureModel):
 
     def weights_digest(self) -> str:
         parts = [self.network.weights_digest(), self.pca.digest() if self.pca is not None else ""]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+        return combined_sha256(parts)
 
     def output_config(self) -> dict[str, Any]:
         data = self.config.to_dict()

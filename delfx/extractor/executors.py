@@ -1,6 +1,7 @@
 """Where extraction chunks run: Ray actors (local instance or a cluster), or in this process.
 
 Both executors expose the same small interface to the job loop (`delfx.extractor.job`):
+`start(config)` with the resolved extraction config (the only way a config reaches them),
 workers that each hold one loaded model, `submit(worker, items) -> handle`, `wait(handles)`,
 `result(handle)`, and `replace(worker)` after a worker died. Ray is imported only here.
 """
@@ -26,13 +27,11 @@ class WorkerDied(Exception):
 class ExtractWorker:
     """Holds one loaded model and extracts chunks of images (the body of a Ray actor)."""
 
-    def __init__(self, config: dict[str, Any], env: dict[str, str], threads: int, use_gpu: bool,
+    def __init__(self, config: ExtractConfig, threads: int, use_gpu: bool,
                  global_model: str | None = None):
-        os.environ.update(env)
         from delfx import tf_quiet
         from delfx.extractor.models import create_model
-        config_obj = ExtractConfig(**{**config, "scales": tuple(config["scales"])})
-        if config_obj.model != "rootsift" or global_model is not None:  # TensorFlow runs here
+        if config.model != "rootsift" or global_model is not None:  # TensorFlow runs here
             tf = tf_quiet.import_tensorflow()
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -47,9 +46,9 @@ class ExtractWorker:
                     pass
         import cv2
         cv2.setNumThreads(threads)
-        self.model = create_model(config_obj)
+        self.model = create_model(config)
         if global_model is not None:  # also store each image's GeM vector (schema v2)
-            from delfx.globalnet.embed import WithGlobal
+            from delfx.extractor.with_global import WithGlobal
             from delfx.globalnet.model import load_global_model
             self.model = WithGlobal(self.model, load_global_model(global_model))
 
@@ -74,16 +73,15 @@ class InProcessExecutor:
 
     name = "in-process"
 
-    def __init__(self, config: ExtractConfig, *, global_model: str | None = None, **_: Any):
-        self.config = config
+    def __init__(self, *, global_model: str | None = None):
         self.global_model = global_model
+        self.config: ExtractConfig | None = None
 
-    def start(self) -> None:
-        pass
+    def start(self, config: ExtractConfig) -> None:
+        self.config = config
 
     def workers(self, count: int) -> list:
-        return [ExtractWorker(self.config.to_dict(), {}, os.cpu_count() or 1, False,
-                              self.global_model)]
+        return [ExtractWorker(self.config, os.cpu_count() or 1, False, self.global_model)]
 
     def describe(self, worker) -> dict[str, Any]:
         return worker.describe()
@@ -115,11 +113,10 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, config: ExtractConfig, *, address: str | None = None,
-                 num_cpus: int | None = None, cpus_per_worker: float = 1,
-                 gpus_per_worker: float | None = None, verbosity: int = 0,
-                 global_model: str | None = None):
-        self.config = config
+    def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
+                 cpus_per_worker: float = 1, gpus_per_worker: float | None = None,
+                 verbosity: int = 0, global_model: str | None = None):
+        self.config: ExtractConfig | None = None
         self.global_model = global_model
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
@@ -129,7 +126,8 @@ class RayExecutor:
         self.started_here = False
         self._actor_class = None
 
-    def start(self) -> None:
+    def start(self, config: ExtractConfig) -> None:
+        self.config = config
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if self.address is None and "ray" not in sys.modules:
             # Single-machine mode: every Ray service binds to 127.0.0.1 (read at import time).
@@ -169,7 +167,7 @@ class RayExecutor:
 
     def _new_worker(self):
         threads = max(1, int(self.cpus_per_worker))
-        return self._actor_class.remote(self.config.to_dict(), {}, threads, self.gpus_per_worker > 0,
+        return self._actor_class.remote(self.config, threads, self.gpus_per_worker > 0,
                                         self.global_model)
 
     def workers(self, count: int) -> list:

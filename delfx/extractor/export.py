@@ -8,10 +8,10 @@ records what it is (model id, hash, PCA origin, score mode, versions).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from delfx.artifacts import header, read_json_artifact
 from delfx.errors import DelfxError
 from delfx.extractor.delf import DelfModel
 from delfx.extractor.pyramid import tf_postprocess, tf_pyramid_extract
@@ -21,6 +21,7 @@ from delfx.versions import library_versions
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "delfx_model.json"
+EXPORT_FORMAT = "delfx-exported-delf"
 
 
 def _export_module(model: DelfModel):
@@ -66,6 +67,19 @@ def _export_module(model: DelfModel):
     return DelfExport()
 
 
+def export_config(config, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """`delfx export-model`: build the model `config` names (auto: the built-in VGG16 DELF) and
+    export it; refuses models the official signature cannot express."""
+    from delfx.extractor.models import EXPORTABLE_MODELS, create_model, resolve_model
+    if config.model == "delf-hybrid":
+        raise DelfxError("export-model cannot export delf-hybrid: its keypoints come from OpenCV "
+                         "SIFT, which the official DELF signature (a TensorFlow graph) cannot "
+                         "express; extract with delfx, or export delf-vgg16")
+    model = create_model(resolve_model(config, EXPORTABLE_MODELS,
+                                       takes="export-model exports the built-in DELF models"))
+    return export_model(model, out_dir, overwrite=overwrite)
+
+
 def export_model(model: DelfModel, out_dir: Path, *, overwrite: bool = False) -> Path:
     """Write `model` as a SavedModel with the official DELF signature; return the folder."""
     import shutil
@@ -80,7 +94,7 @@ def export_model(model: DelfModel, out_dir: Path, *, overwrite: bool = False) ->
     module = _export_module(model)
     tf.saved_model.save(module, str(tmp), signatures={"default": module.default})
     atomic_write_json(tmp / METADATA_NAME, {
-        "format": "delfx-exported-delf", "version": 1, "model_id": model.model_id,
+        **header(EXPORT_FORMAT, 1), "model_id": model.model_id,
         "model_hash": model.model_hash, "descriptor_dim": model.descriptor_dim,
         "score": model.network.score_mode, "receptive_field": vars(model.rf),
         "pca_source": model.pca.source if model.pca is not None else None,
@@ -94,4 +108,6 @@ def export_model(model: DelfModel, out_dir: Path, *, overwrite: bool = False) ->
 
 def read_export_metadata(folder: Path) -> dict | None:
     path = Path(folder) / METADATA_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_json_artifact(path, EXPORT_FORMAT, {1}, what="delfx exported model")

@@ -10,6 +10,7 @@ import numpy as np
 from delfx import __version__
 from delfx.config import ExtractConfig
 from delfx.errors import DelfxError
+from delfx.extractor.base import FeatureModel
 from delfx.extractor.pca import PCAProjection, fit_pca
 from delfx.inputs import ImageItem
 
@@ -27,17 +28,24 @@ def fit_model_pca(config: ExtractConfig, items: Sequence[ImageItem], *, dim: int
         max_images: sample at most this many images (seeded).
         max_per_image: keep at most this many top-scoring descriptors per image.
     """
-    from delfx.extractor.models import create_model
+    from delfx.extractor.models import FITTABLE_MODELS, create_model, resolve_model
+    config = resolve_model(config, FITTABLE_MODELS, takes="fit-pca needs a built-in model")
+    model = create_model(config.replace(descriptor_dim=0, pca_path=None))
+    return fit_pca_on_model(model, items, dim=dim, whiten=whiten, max_images=max_images,
+                            max_per_image=max_per_image, seed=seed, source=source)
+
+
+def fit_pca_on_model(model: FeatureModel, items: Sequence[ImageItem], *, dim: int = 40,
+                     whiten: bool = False, max_images: int | None = None,
+                     max_per_image: int | None = None, seed: int = 0,
+                     source: str | None = None) -> PCAProjection:
+    """Fit a PCA on the raw descriptors `model` (built with descriptor_dim 0) gives `items`."""
     from delfx.extractor.run import extract_items
-    if config.model not in ("rootsift", "delf-vgg16", "delf-resnet50", "delf-hybrid"):
-        raise DelfxError(f"fit-pca needs a built-in model (rootsift, delf-vgg16, delf-resnet50, "
-                         f"delf-hybrid), "
-                         f"got {config.model!r}")
+    config = model.config
     items = list(items)
     if max_images is not None and len(items) > max_images:
         rng = np.random.default_rng(seed)
         items = [items[i] for i in sorted(rng.choice(len(items), max_images, replace=False))]
-    model = create_model(config.replace(descriptor_dim=0, pca_path=None))
     blocks, used = [], 0
     for record in extract_items(model, items):
         if record.ok and record.num_features:
@@ -62,7 +70,7 @@ def fit_hybrid_cnn_pca(config: ExtractConfig, items: Sequence[ImageItem], *, dim
     """
     from delfx.extractor.base import prepare_image
     from delfx.extractor.hybrid import CnnSampler
-    from delfx.extractor.images import ImageError, load_image
+    from delfx.images import ImageError, load_image
     from delfx.extractor.rootsift import detect_rootsift
     sampler = CnnSampler("hed", config.precision)
     blocks = []

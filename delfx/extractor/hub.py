@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from delfx.config import ExtractConfig
+from delfx.digests import folder_sha256
 from delfx.errors import DelfxError
 from delfx.extractor.base import FeatureModel
 
@@ -90,19 +91,6 @@ def load_signature(handle: str = DEFAULT_HANDLE):
     return signature, folder
 
 
-def folder_digest(folder: Path | None) -> str:
-    """sha256 over a SavedModel folder's files (names and bytes), '' when unknown."""
-    if folder is None:
-        return ""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 class HubModel(FeatureModel):
     """Any model with the official DELF signature, called one image at a time."""
 
@@ -114,7 +102,7 @@ class HubModel(FeatureModel):
         self._tf = import_tensorflow()
         self.handle = handle or config.model_path or DEFAULT_HANDLE
         self.signature, self.folder = load_signature(self.handle)
-        self._digest = folder_digest(self.folder)
+        self._digest = folder_sha256(self.folder) if self.folder is not None else ""
         probe = self._call(np.zeros((64, 64, 3), np.uint8))
         self.descriptor_dim = int(probe["descriptors"].shape[1])
         if config.descriptor_dim and config.descriptor_dim != self.descriptor_dim:

@@ -30,18 +30,18 @@ this model cannot be exported (export.py refuses it).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
 import numpy as np
 
 from delfx.config import ExtractConfig
+from delfx.digests import combined_sha256
 from delfx.errors import DelfxError
 from delfx.extractor.base import FeatureModel
 from delfx.extractor.pca import PCAProjection, l2_normalize
 from delfx.extractor.pyramid import level_size
-from delfx.extractor.receptive_field import ReceptiveField
+from delfx.nets.receptive_field import ReceptiveField
 from delfx.extractor.rootsift import SIFT_DIM, SIFT_PARAMS, detect_rootsift
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class HybridModel(FeatureModel):
     def weights_digest(self) -> str:
         parts = [self.sampler.network.weights_digest(), self.cnn_pca.digest(),
                  self.pca.digest() if self.pca is not None else ""]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+        return combined_sha256(parts)
 
     def output_config(self) -> dict[str, Any]:
         values = self.config.to_dict()

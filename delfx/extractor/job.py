@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from delfx.config import ExtractConfig
+from delfx.artifacts import header
 from delfx.errors import DelfxError
 from delfx.extractor.executors import WorkerDied
 from delfx.extractor.plan import REPORT_NAME, RunIdentity, RunLock, plan_shards
@@ -26,12 +27,13 @@ from delfx.inputs import ImageItem
 from delfx.paths import atomic_write_json
 from delfx.store import Manifest, ShardWriter, shard_file_name, verify
 from delfx.store.schema import MANIFEST_NAME
-from delfx.store.shard import PARTIAL_MARKER
+from delfx.store.writer import PARTIAL_MARKER
 from delfx.versions import library_versions
 
 log = logging.getLogger(__name__)
 
 CHUNKS_IN_FLIGHT_PER_WORKER = 2
+REPORT_FORMAT = "delfx-extract-report"
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Summary:
         return 100 * self.seconds / self.images_processed if self.images_processed else None
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {**header(REPORT_FORMAT, 1), **dataclasses.asdict(self)}
         data["seconds_per_100_images"] = self.seconds_per_100
         data["features_per_ok_image"] = self.features / self.ok if self.ok else None
         data["versions"] = library_versions()
@@ -113,17 +115,11 @@ def _prepare_output(out_dir: Path, identity: RunIdentity, model: dict, overwrite
         manifest.save(out_dir)
     else:
         manifest = Manifest(num_shards=identity.num_shards, model_id=model["id"],
-                            model_hash=model["hash"], config=recorded_config(config, model),
+                            model_hash=model["hash"], config=config.to_recorded(model["output_config"]),
                             descriptor_dim=descriptor_dim, descriptor_dtype=config.descriptor_dtype,
                             global_model=model.get("global"))
         manifest.save(out_dir)
     return manifest, set(manifest.shards)
-
-
-def recorded_config(config: ExtractConfig, model: dict) -> dict[str, Any]:
-    """What shards and manifest record: the full resolved config (enough to rebuild the model
-    for queries) and the model's own view of the fields that shape its output."""
-    return {**config.to_dict(), "model_output_config": model["output_config"]}
 
 
 class _Progress:
@@ -163,6 +159,7 @@ def run_extraction(items: list[ImageItem], config: ExtractConfig, out_dir: Path,
     """Extract `items` into `num_shards` shards under `out_dir`, resuming what is complete.
 
     Args:
+        config: the extraction config; the executor receives it (resolved) from here only.
         executor: RayExecutor or InProcessExecutor (not started yet).
         chunk_size: images per task; a dead worker costs at most the chunks it held.
         max_retries: retries of a chunk whose worker died, before its shard is marked failed.
@@ -170,20 +167,19 @@ def run_extraction(items: list[ImageItem], config: ExtractConfig, out_dir: Path,
     Returns:
         the run summary; shards_failed is non-empty when some shards could not be finished.
     """
+    from delfx.extractor.models import resolve_model
     if not items:
         raise DelfxError("no images to extract")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.model == "auto":  # decided once, here, and recorded as the concrete model
-        from delfx.extractor.models import choose_auto
-        name, reason = choose_auto(config)
-        log.info("model auto -> %s: %s", name, reason)
-        config = config.replace(model=name)
-        executor.config = config
+    config = resolve_model(config)  # `auto` decided once, here, and recorded as the concrete model
+    if executor.global_model is not None:  # refuse a wrong folder before starting any worker
+        from delfx.globalnet.model import load_global_model
+        load_global_model(executor.global_model)
     plan = plan_shards(items, num_shards)
     start = time.monotonic()
     with RunLock(out_dir):
-        executor.start()
+        executor.start(config)
         try:
             pool = executor.workers(workers or num_shards)
             described = [executor.describe(worker) for worker in pool]

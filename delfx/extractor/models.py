@@ -24,16 +24,23 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from delfx.config import ExtractConfig
+from delfx.config import MODEL_NAMES, ExtractConfig
 from delfx.errors import DelfxError
 from delfx.extractor.base import FeatureModel
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf-hybrid")
 # A built-in model becomes the offline default only when it beats RootSIFT on the real-photo
 # measurement above (docs/MODELS.md).
 OFFLINE_DEFAULT = "delf-hybrid"
+# What `auto` prefers, best first, among the models a command can use: the official module when
+# it loads offline, then the best offline model by measurement, then the built-in networks
+# (delf-resnet50 never: it needs a weights file the user must name).
+AUTO_PREFERENCE = ("tfhub", OFFLINE_DEFAULT, "rootsift", "delf-vgg16")
+# Models whose PCA delfx can fit (`delfx fit-pca`): the built-in ones.
+FITTABLE_MODELS = ("rootsift", "delf-vgg16", "delf-resnet50", "delf-hybrid")
+# Models with a TensorFlow graph `delfx export-model` can write with the official signature.
+EXPORTABLE_MODELS = ("delf-vgg16", "delf-resnet50")
 SHIPPED_PCA = {"rootsift": "rootsift_pca.h5", "delf-vgg16": "delf_vgg16_hed_pca.h5",
                "delf-hybrid": "delf_hybrid_pca.h5",
                # the hybrid's own (whitened) projection of its VGG16 part: always used
@@ -63,28 +70,45 @@ def _load_pca(name: str, config: ExtractConfig):
     return PCAProjection.load(path)
 
 
-def choose_auto(config: ExtractConfig) -> tuple[str, str]:
-    """(model name, one-line reason) for --model auto."""
+def choose_auto(config: ExtractConfig, allowed: tuple[str, ...] = MODEL_NAMES
+                ) -> tuple[str, str]:
+    """(model name, one-line reason) for --model auto: the first of AUTO_PREFERENCE that the
+    command allows (`allowed`) and that is available offline."""
     from delfx.extractor.hub import DEFAULT_HANDLE, available_offline, hub_cache_dir
     handle = config.model_path or DEFAULT_HANDLE
-    if available_offline(handle):
+    if "tfhub" in allowed and available_offline(handle):
         return "tfhub", f"the DELF module {handle} is available locally"
-    where = (f"{handle} has no saved_model.pb" if config.model_path
-             else f"{DEFAULT_HANDLE} is not in the TF-Hub cache ({hub_cache_dir()})")
-    return OFFLINE_DEFAULT, (f"{where}; using the best offline model, {OFFLINE_DEFAULT} "
-                             f"(real-photo GAP 0.52 vs 0.45 for rootsift and 0.20 for delf-vgg16, "
-                             f"see README)")
+    if "tfhub" in allowed:
+        why = (f"{handle} has no saved_model.pb" if config.model_path
+               else f"{DEFAULT_HANDLE} is not in the TF-Hub cache ({hub_cache_dir()})")
+    else:
+        why = "this command needs a built-in model"
+    name = next(n for n in AUTO_PREFERENCE if n != "tfhub" and n in allowed)
+    if name == OFFLINE_DEFAULT:
+        return name, (f"{why}; using the best offline model, {OFFLINE_DEFAULT} (real-photo GAP "
+                      f"0.52 vs 0.45 for rootsift and 0.20 for delf-vgg16, see README)")
+    return name, f"{why}; using {name}"
+
+
+def resolve_model(config: ExtractConfig, allowed: tuple[str, ...] = MODEL_NAMES, *,
+                  takes: str = "this command takes the models") -> ExtractConfig:
+    """The config with `auto` replaced by the concrete model (decided once, logged with why);
+    refuses a model the command cannot use (`takes` starts that message)."""
+    if config.model not in MODEL_NAMES:
+        raise DelfxError(f"unknown model {config.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if config.model == "auto":
+        name, reason = choose_auto(config, allowed)
+        log.info("model auto -> %s: %s", name, reason)
+        return config.replace(model=name)
+    if config.model not in allowed:
+        raise DelfxError(f"{takes} ({', '.join(allowed)}), not {config.model}")
+    return config
 
 
 def create_model(config: ExtractConfig) -> FeatureModel:
     """Build the model the config names (resolving `auto`), ready to extract."""
+    config = resolve_model(config)
     name = config.model
-    if name not in MODEL_NAMES:
-        raise DelfxError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if name == "auto":
-        name, reason = choose_auto(config)
-        log.info("model auto -> %s: %s", name, reason)
-        config = config.replace(model=name)
     if name == "rootsift":
         from delfx.extractor.rootsift import RootSIFT
         return RootSIFT(config, pca=_load_pca(name, config))
@@ -119,13 +143,12 @@ def load_trained_delf(config: ExtractConfig) -> FeatureModel:
     after training) is used unless --pca-path is given.
     """
     from delfx.extractor.delf import DelfModel
+    from delfx.extractor.delf_model_dir import (ATTENTION_FILE, PCA_FILE, backbone_weights,
+                                                read_model_dir)
     from delfx.extractor.pca import PCAProjection
-    from delfx.extractor.train_attention import (ATTENTION_FILE, BACKBONE_FILE, PCA_FILE,
-                                                 read_model_dir)
     folder = Path(config.model_path)
     info = read_model_dir(folder)
-    weights = (str(folder / BACKBONE_FILE) if "block4" in info["trained"]
-               else info["base_weights"])
+    weights = backbone_weights(folder, info)
     pca = None
     if config.descriptor_dim:
         pca_path = Path(config.pca_path) if config.pca_path else folder / PCA_FILE
@@ -140,14 +163,10 @@ def model_for_features(manifest) -> FeatureModel:
 
     Refuses when this installation builds a different model (other weights, PCA or version).
     """
-    import dataclasses
-    names = {f.name for f in dataclasses.fields(ExtractConfig)}
-    values = {k: v for k, v in manifest.config.items() if k in names}
-    if "model" not in values:
+    if "model" not in manifest.config:
         raise DelfxError("the feature set does not record its extraction config (made by an "
                          "older delfx?): extract the queries into a feature set yourself")
-    values["scales"] = tuple(values.get("scales", ()))
-    model = create_model(ExtractConfig(**values))
+    model = create_model(ExtractConfig.from_recorded(manifest.config))
     if model.model_hash != manifest.model_hash:
         raise DelfxError(f"this delfx builds {model.model_id} ({model.model_hash[:12]}), but the "
                          f"features were made by {manifest.model_id} ({manifest.model_hash[:12]}): "

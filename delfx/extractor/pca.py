@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from delfx.artifacts import check_header, header
 from delfx.errors import DelfxError
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ class PCAProjection:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT_NAME
-                f.attrs["version"] = FORMAT_VERSION
+                for key, value in header(FORMAT_NAME, FORMAT_VERSION).items():
+                    f.attrs[key] = value
                 f.attrs["whiten"] = self.whiten
                 f.attrs["source"] = self.source
                 f.attrs["digest"] = self.digest()
@@ -166,12 +167,8 @@ class PCAProjection:
             raise DelfxError(f"PCA file not found: {path}")
         try:
             with h5py.File(path, "r") as f:
-                fmt, version = f.attrs.get("format"), f.attrs.get("version")
-                if fmt != FORMAT_NAME:
-                    raise DelfxError(f"{path} is not a {FORMAT_NAME} file (format={fmt!r})")
-                if version is None or int(version) != FORMAT_VERSION:
-                    raise DelfxError(f"{path}: {FORMAT_NAME} version {version} is not supported "
-                                     f"(this delfx reads version {FORMAT_VERSION})")
+                check_header(f.attrs, FORMAT_NAME, {FORMAT_VERSION}, str(path),
+                             what=f"{FORMAT_NAME} file", advice="fit it again (delfx fit-pca)")
                 pca = cls(f["mean"][()], f["components"][()], f["variances"][()],
                           whiten=bool(f.attrs["whiten"]), source=str(f.attrs.get("source", "")))
                 stored = f.attrs.get("digest")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from delfx.artifacts import header, read_json_artifact
+from delfx.digests import text_sha256
 from delfx.errors import DelfxError
 from delfx.inputs import ImageItem
 from delfx.paths import atomic_write_json
@@ -26,6 +28,7 @@ from delfx.paths import atomic_write_json
 log = logging.getLogger(__name__)
 
 PLAN_NAME = "plan.json"
+PLAN_FORMAT, PLAN_VERSION = "delfx-extract-plan", 1
 LOCK_NAME = ".delfx-extract.lock"
 REPORT_NAME = "extract_report.json"
 
@@ -49,7 +52,7 @@ def plan_shards(items: list[ImageItem], num_shards: int) -> list[list[ImageItem]
 
 
 def ids_digest(items: list[ImageItem]) -> str:
-    return hashlib.sha256("\n".join(i.image_id for i in items).encode("utf-8")).hexdigest()
+    return text_sha256("\n".join(i.image_id for i in items))
 
 
 @dataclass
@@ -70,7 +73,7 @@ class RunIdentity:
                     for i, s in enumerate(shards)])
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": "delfx-extract-plan", "version": 1,
+        return {**header(PLAN_FORMAT, PLAN_VERSION),
                 "model": {"id": self.model_id, "hash": self.model_hash}, "config": self.config,
                 "num_shards": self.num_shards, "shards": self.shards}
 
@@ -79,12 +82,14 @@ class RunIdentity:
         path = Path(root) / PLAN_NAME
         if not path.is_file():
             return None
+        advice = "use --overwrite to start over"
+        data = read_json_artifact(path, PLAN_FORMAT, {PLAN_VERSION}, what="delfx extraction plan",
+                                  advice=advice)
         try:
-            data = json.loads(path.read_text())
             return cls(data["model"]["id"], data["model"]["hash"], data["config"],
                        int(data["num_shards"]), data["shards"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DelfxError(f"{path}: unreadable plan ({exc}); use --overwrite to start over") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DelfxError(f"{path}: unreadable plan ({exc!r}); {advice}") from None
 
     def save(self, root: Path) -> None:
         atomic_write_json(Path(root) / PLAN_NAME, self.to_json())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from delfx.extractor.receptive_field import ReceptiveField
+from delfx.nets.receptive_field import ReceptiveField
 
 
 def level_size(height: int, width: int, scale: float) -> tuple[int, int]:

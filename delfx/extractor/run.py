@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from delfx.extractor.base import FeatureModel, target_size
-from delfx.extractor.images import ImageError, image_size, load_image
+from delfx.images import ImageError, image_size, load_image
 from delfx.inputs import ImageItem
 from delfx.store.records import ImageFeatures
 

@@ -16,19 +16,12 @@ CPU cost: with the backbone frozen, its output is computed once per crop and cac
 (float16); every epoch then trains only the head, which is cheap. With `finetune_last_block`
 the cache holds block3's output and block4 (the last VGG16 block up to DELF's layer) trains too.
 
-Output: a model directory that `--model delf-vgg16 --model-path DIR` loads (extract, fit-pca,
-export-model, match...):
-
-    delf_model.json          format, backbone, what was trained, classes, config, versions
-    attention.weights.h5     the attention head (Keras weights, no pickle)
-    backbone.weights.h5      only with finetune_last_block: the whole VGG16-to-block4 backbone
-    pca.h5                   PCA re-fitted on the trained model's descriptors of the images
-    curves.json, curves.png  loss / accuracy / learning rate per epoch
+Output: a model directory (delfx.extractor.delf_model_dir) that `--model delf-vgg16
+--model-path DIR` loads (extract, fit-pca, export-model, match...).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -38,14 +31,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from delfx.errors import DelfxError
+from delfx.extractor.delf_model_dir import (ATTENTION_FILE, BACKBONE_FILE, PCA_FILE,
+                                            backbone_weights as directory_backbone,
+                                            is_model_dir, write_model_json)
 from delfx.inputs import ImageItem
-from delfx.paths import write_directory_atomically
+from delfx.labels import label_sort_key, stratified_split
+from delfx.nets.training import (callbacks, check_output_dir, epoch_logger, history_curves,
+                                 plot_curves, write_model_dir)
+from delfx.paths import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-MODEL_JSON = "delf_model.json"
-MODEL_FORMAT, MODEL_VERSION = "delfx-delf-model", 1
-ATTENTION_FILE, BACKBONE_FILE, PCA_FILE = "attention.weights.h5", "backbone.weights.h5", "pca.h5"
+WHAT = "DELF model directory"  # what the output-folder messages call it
 # The last VGG16 block up to block4_conv3 (DELF's layer); its input is block3_pool.
 VGG16_LAST_BLOCK = ("block4_conv1", "block4_conv2", "block4_conv3")
 
@@ -170,17 +167,16 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
     Returns:
         The summary recorded in delf_model.json.
     """
-    from delfx.classifier.data import label_sort_key, stratified_split
+    from delfx.config import ExtractConfig
     from delfx.extractor.base import prepare_image
     from delfx.extractor.delf_net import DelfNetwork
-    from delfx.extractor.images import ImageError, load_image
-    from delfx.config import ExtractConfig
+    from delfx.images import ImageError, load_image
     from delfx.tf_quiet import import_tensorflow
     import_tensorflow()
     import keras
 
     out_dir = Path(out_dir)
-    _check_output(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, is_model_dir, WHAT)
     labelled = [item for item in items if labels.get(item.image_id)]
     classes = sorted({labels[i.image_id] for i in labelled}, key=label_sort_key)
     if len(classes) < 2:
@@ -221,10 +217,9 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=["accuracy"])
     monitor = "val_loss" if len(x_val) else "loss"
-    callbacks = [keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor,
-                                                   patience=config.lr_patience,
-                                                   min_lr=config.min_learning_rate),
-                 _progress_callback(config.epochs)]
+    schedule = callbacks(monitor, lr_factor=config.lr_factor, lr_patience=config.lr_patience,
+                         min_learning_rate=config.min_learning_rate, patience=None,
+                         logger=epoch_logger(config.epochs))
     log.info("training the attention head%s: %d classes, %d train / %d validation images "
              "(x %d crops), up to %d epochs", " and block4" if block is not None else "",
              len(classes), len(train_idx), len(val_idx), per, config.epochs)
@@ -232,12 +227,11 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
     history = trainer.fit(x_train.astype(np.float32), y_train, batch_size=config.batch_size,
                           epochs=config.epochs, verbose=0, shuffle=True,
                           validation_data=(x_val.astype(np.float32), y_val) if len(x_val) else None,
-                          callbacks=callbacks).history
+                          callbacks=schedule).history
     train_s = time.perf_counter() - start
-    curves = {"epoch": list(range(1, len(history["loss"]) + 1)), "monitor": monitor,
-              **{k: [float(v) for v in vals] for k, vals in history.items()}}
+    curves = history_curves(history, monitor, None)
     summary = {
-        "format": MODEL_FORMAT, "version": MODEL_VERSION, "backbone": "vgg16",
+        "backbone": "vgg16",
         "backbone_weights": "finetuned" if block is not None else backbone_weights,
         "base_weights": backbone_weights, "trained": ["attention"] + (
             ["block4"] if block is not None else []),
@@ -254,101 +248,35 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
         attention.save_weights(tmp / ATTENTION_FILE)
         if block is not None:
             network.backbone.save_weights(tmp / BACKBONE_FILE)
-        _write_curves(tmp, curves)
+        atomic_write_json(tmp / "curves.json", curves)
+        atomic_write_bytes(tmp / "curves.png", plot_curves(curves))
         from delfx.versions import library_versions
         summary["versions"] = library_versions()
-        (tmp / MODEL_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True))
-        pca = _refit_pca(tmp, used, config)
+        pca = _refit_pca(tmp, summary, used, config)
         summary["pca_source"] = pca.source
-        (tmp / MODEL_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True))
+        summary.update(write_model_json(tmp, summary))  # last: it marks a complete directory
 
-    write_directory_atomically(out_dir, write)
+    write_model_dir(out_dir, overwrite, write, is_model_dir, WHAT)
     return summary
 
 
-def _progress_callback(epochs: int):
-    import keras
+def _refit_pca(folder: Path, summary: dict[str, Any], items: Sequence[ImageItem],
+               config: AttentionTrainConfig):
+    """Fit the PCA on the trained model's own descriptors (its keypoints moved with training).
 
-    class Progress(keras.callbacks.Callback):
-        """One log line per epoch on stderr (Keras runs with verbose=0)."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss",
-                                                     "val_accuracy") if k in logs]
-            if "learning_rate" in logs:
-                parts.append(f"lr {float(logs['learning_rate']):.1e}")
-            log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, epochs, ", ".join(parts),
-                     time.perf_counter() - self._start)
-
-    return Progress()
-
-
-def _write_curves(folder: Path, curves: dict[str, Any]) -> None:
-    """curves.json and curves.png (loss and accuracy, train and validation, per epoch)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    (folder / "curves.json").write_text(json.dumps(curves, indent=2))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("loss", "val_loss"):
-        if key in curves:
-            left.plot(curves["epoch"], curves[key], label=key)
-    for key in ("accuracy", "val_accuracy"):
-        if key in curves:
-            right.plot(curves["epoch"], curves[key], label=key)
-    left.set_xlabel("epoch"), left.set_title("cross-entropy"), left.legend()
-    right.set_xlabel("epoch"), right.set_title("crop accuracy"), right.legend()
-    figure.tight_layout()
-    figure.savefig(folder / "curves.png", dpi=100)
-    plt.close(figure)
-
-
-def _refit_pca(folder: Path, items: Sequence[ImageItem], config: AttentionTrainConfig):
-    """Fit the PCA on the trained model's own descriptors (its keypoints moved with training)."""
+    The model is built from the files just written, exactly as `--model-path` will load it,
+    but with raw descriptors (the PCA is what is being fitted).
+    """
     from delfx.config import PRESETS
-    from delfx.extractor.fit import fit_model_pca
+    from delfx.extractor.delf import DelfModel
+    from delfx.extractor.fit import fit_pca_on_model
     extract = PRESETS["fast"].replace(model="delf-vgg16", model_path=str(folder),
-                                      max_side=config.max_side)
-    pca = fit_model_pca(extract, items, dim=config.pca_dim, max_per_image=500, seed=config.seed,
-                        source=f"delfx train-delf: re-fitted on the trained model's descriptors "
-                               f"of its {len(items)} training images, preset fast")
+                                      max_side=config.max_side, descriptor_dim=0)
+    model = DelfModel(extract, backbone="vgg16", weights=directory_backbone(folder, summary),
+                      attention_weights=str(folder / ATTENTION_FILE),
+                      score_threshold=float(summary["score_threshold"]))
+    pca = fit_pca_on_model(model, items, dim=config.pca_dim, max_per_image=500, seed=config.seed,
+                           source=f"delfx train-delf: re-fitted on the trained model's descriptors "
+                                  f"of its {len(items)} training images, preset fast")
     pca.save(folder / PCA_FILE)
     return pca
-
-
-def is_model_dir(folder: Path) -> bool:
-    path = Path(folder) / MODEL_JSON
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("format") == MODEL_FORMAT
-    except (OSError, ValueError):
-        return False
-
-
-def read_model_dir(folder: str | Path) -> dict[str, Any]:
-    """delf_model.json of a train-delf directory; DelfxError when it is not one."""
-    folder = Path(folder)
-    if not is_model_dir(folder):
-        raise DelfxError(f"{folder} is not a delfx DELF model directory (no {MODEL_JSON} of "
-                         f"format {MODEL_FORMAT}); train one with `delfx train-delf`")
-    data = json.loads((folder / MODEL_JSON).read_text())
-    if int(data.get("version", 0)) != MODEL_VERSION:
-        raise DelfxError(f"{folder}: model directory version {data.get('version')} is not "
-                         f"supported (this delfx reads version {MODEL_VERSION})")
-    return data
-
-
-def _check_output(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DelfxError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DelfxError(f"{out_dir} is not empty (use --overwrite to replace a model)")
-        if not is_model_dir(out_dir):
-            raise DelfxError(f"{out_dir} is not empty and is not a delfx DELF model; refusing "
-                             f"to replace it even with --overwrite")

@@ -9,5 +9,6 @@ feature shards (schema v2) and used as the first-stage retrieval shortlist.
 * `delfx.globalnet.model`  `GlobalConfig`, the network builder, save/load of a model directory,
                            `GlobalModel` (embed images, classify descriptors)
 * `delfx.globalnet.train`  `train_global_model`: image-level training with random crops
-* `delfx.globalnet.embed`  `WithGlobal`: a feature model that also stores the global vector
+
+Extraction stores the vectors through `delfx.extractor.with_global.WithGlobal`.
 """

@@ -23,21 +23,24 @@ the sha256 of model.keras), `curves.json` and `curves.png`.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from delfx.classifier.data import LabelMap
+from delfx.artifacts import has_format, header, read_json_artifact
+from delfx.digests import combined_sha256, file_sha256
 from delfx.errors import DelfxError
+from delfx.labels import LabelMap
+from delfx.nets import backbones
+from delfx.nets.backbones import weights_digest
+from delfx.nets.heads import HeadConfig, bottleneck, check_activation
+from delfx.nets.training import GLOBAL_MODEL_FORMAT, plot_curves
 from delfx.paths import atomic_write_bytes, atomic_write_json
 
-FORMAT_NAME, FORMAT_VERSION = "delfx-global-model", 1
+FORMAT_NAME, FORMAT_VERSION = GLOBAL_MODEL_FORMAT, 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 MODEL_FILE, LABELS_FILE, CONFIG_FILE = "model.keras", "labels.json", "config.json"
 CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
@@ -47,8 +50,11 @@ CHANNELS = {"vgg16": 512, "resnet50": 2048}
 
 
 @dataclass(frozen=True)
-class GlobalConfig:
+class GlobalConfig(HeadConfig):
     """Every hyper-parameter of a global model and its training run (recorded in config.json).
+
+    The head and training fields are `HeadConfig`'s (shared with the bottleneck classifier);
+    these are the global model's own.
 
     Attributes:
         model: `gem-vgg16`, `gem-resnet50` or `concat` (VGG16 ⊕ ResNet50).
@@ -61,13 +67,12 @@ class GlobalConfig:
         gem_p: initial GeM exponent.
         per_channel_p: one learnt p per channel instead of one global p.
         fine_tune: also train the backbone (default: frozen).
-        units, blocks, activation, dropout, batchnorm_momentum: the bottleneck head, as in
-            `delfx.classifier.model.ClassifierConfig`.
-        batch_size, epochs, learning_rate, min_learning_rate, lr_factor, lr_patience, patience,
-        min_samples, validation_share, class_weighting, seed: the training run, as in
-            `ClassifierConfig` (Adam, binary cross-entropy, ReduceLROnPlateau, early stopping).
     """
 
+    NAME = "global model config"
+
+    batch_size: int = 16
+    epochs: int = 40
     model: str = "gem-vgg16"
     backbone_weights: str | None = None
     image_size: int = 160
@@ -75,43 +80,18 @@ class GlobalConfig:
     gem_p: float = 3.0
     per_channel_p: bool = False
     fine_tune: bool = False
-    units: int = 512
-    blocks: int = 1
-    activation: str = "relu"
-    dropout: float = 0.5
-    batchnorm_momentum: float | None = None
-    batch_size: int = 16
-    epochs: int = 40
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 1e-5
-    lr_factor: float = 0.2
-    lr_patience: int = 3
-    patience: int = 8
-    min_samples: int = 1
-    validation_share: float = 0.1
-    class_weighting: bool = True
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise DelfxError(f"global model config: {what}")
-        need(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        need(32 <= self.crop_size <= self.image_size,
-             f"need 32 <= crop_size <= image_size, got {self.crop_size} and {self.image_size}")
-        need(self.gem_p >= 1.0, f"gem_p must be >= 1, got {self.gem_p}")
-        for name in ("units", "batch_size", "epochs", "min_samples"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                 f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("blocks", "lr_patience", "patience", "seed"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                 f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        need(0.0 <= self.validation_share < 1.0,
-             f"validation_share must be in [0, 1), got {self.validation_share}")
-        need(0.0 < self.min_learning_rate <= self.learning_rate,
-             "need 0 < min_learning_rate <= learning_rate")
-        need(0.0 < self.lr_factor < 1.0, f"lr_factor must be in (0, 1), got {self.lr_factor}")
+    def check(self) -> None:
+        super().check()
+        self.need(self.model in MODELS,
+                  f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        self.need_int(("image_size", "crop_size"), 1)
+        self.need(32 <= self.crop_size <= self.image_size,
+                  f"need 32 <= crop_size <= image_size, got {self.crop_size} and {self.image_size}")
+        self.need(self.gem_p >= 1.0, f"gem_p must be >= 1, got {self.gem_p}")
+        for name in ("per_channel_p", "fine_tune"):
+            self.need(isinstance(getattr(self, name), bool),
+                      f"{name} must be true or false, got {getattr(self, name)!r}")
         if "resnet50" in MODELS[self.model] and not self.backbone_weights:
             raise DelfxError(f"{self.model} needs ResNet50 weights: --backbone-weights FILE (a "
                              f"Keras .weights.h5 of keras.applications.ResNet50(include_top=False))")
@@ -124,43 +104,11 @@ class GlobalConfig:
     def descriptor_dim(self) -> int:
         return sum(CHANNELS[b] for b in self.backbones)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GlobalConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise DelfxError(f"global model config: unknown setting(s) {', '.join(unknown)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> "GlobalConfig":
-        return dataclasses.replace(self, **changes)
-
-
-def _resnet50_full(weights: str):
-    """keras.applications.ResNet50 without its classifier (to conv5_block3_out), weights loaded."""
-    import keras
-    path = Path(weights)
-    if not path.is_file():
-        raise DelfxError(f"ResNet50 weights file not found: {path}")
-    net = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
-    try:
-        net.load_weights(path)
-    except Exception as exc:  # Keras raises several types for a wrong file
-        raise DelfxError(f"cannot load ResNet50 weights from {path}: {exc}") from None
-    return net
-
 
 def backbone_digest(config: GlobalConfig) -> str:
     """sha256 of the initial backbone weights (recorded: which weights the model started from)."""
-    from delfx.extractor.delf_net import file_digest, hed_weights_path
-    parts = []
-    for name in config.backbones:
-        parts.append(file_digest(hed_weights_path()) if name == "vgg16"
-                     else file_digest(Path(config.backbone_weights)))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return combined_sha256(weights_digest("hed" if name == "vgg16" else config.backbone_weights)
+                           for name in config.backbones)
 
 
 def build_networks(config: GlobalConfig, num_classes: int, steps_per_epoch: int = 100):
@@ -168,41 +116,26 @@ def build_networks(config: GlobalConfig, num_classes: int, steps_per_epoch: int 
 
     The training model is head(embedder(image)); all three share their layers.
     """
-    from delfx.classifier.model import auto_batchnorm_momentum
-    from delfx.extractor.delf_net import BACKBONES, _vgg16_backbone
     from delfx.globalnet.gem import keras_layers
     L = keras_layers()
     import keras
-    from keras import layers
-    try:
-        keras.activations.get(config.activation)
-    except ValueError:
-        raise DelfxError(f"global model config: unknown activation {config.activation!r}") from None
+    check_activation(config)
     image = keras.Input((None, None, 3), name="image")
     branches = []
     for name in config.backbones:
-        x = L["CaffeInput"](BACKBONES[name].bgr_mean, name=f"{name}_input")(image)
-        net = _vgg16_backbone("hed", blocks=5) if name == "vgg16" else _resnet50_full(
-            config.backbone_weights)
+        x = L["CaffeInput"](backbones.BACKBONES[name].bgr_mean, name=f"{name}_input")(image)
+        net = (backbones.vgg16("hed", blocks=5) if name == "vgg16"
+               else backbones.resnet50(config.backbone_weights, layer=None))
         net.trainable = config.fine_tune
         x = net(x, training=config.fine_tune or None)
         x = L["GeM"](p=config.gem_p, per_channel=config.per_channel_p, name=f"{name}_gem")(x)
         branches.append(L["L2Normalize"](name=f"{name}_l2")(x))
-    x = layers.Concatenate(name="concat")(branches) if len(branches) > 1 else branches[0]
+    x = keras.layers.Concatenate(name="concat")(branches) if len(branches) > 1 else branches[0]
     descriptor = L["L2Normalize"](name="descriptor")(x)
     embedder = keras.Model(image, descriptor, name="embedder")
 
     vector = keras.Input((config.descriptor_dim,), name="descriptor")
-    momentum = config.batchnorm_momentum
-    if momentum is None:
-        momentum = auto_batchnorm_momentum(steps_per_epoch)
-    x = vector
-    for b in range(config.blocks):
-        x = layers.Dense(config.units, name=f"bottleneck_{b}")(x)
-        x = layers.BatchNormalization(momentum=momentum, name=f"batchnorm_{b}")(x)
-        x = layers.Activation(config.activation, name=f"activation_{b}")(x)
-        x = layers.Dropout(config.dropout, seed=config.seed + b, name=f"dropout_{b}")(x)
-    probabilities = layers.Dense(num_classes, activation="sigmoid", name="probabilities")(x)
+    probabilities = bottleneck(vector, config, num_classes, steps_per_epoch)
     head = keras.Model(vector, probabilities, name="head")
     model = keras.Model(image, head(embedder(image)), name=f"delfx_{config.model}")
     return model, embedder, head
@@ -281,8 +214,6 @@ class GlobalModel:
 def save_global_model(directory: Path, model, labels: LabelMap, info: dict[str, Any],
                       curves: dict[str, Any]) -> dict[str, Any]:
     """Write every artifact into `directory` (which must exist); returns config.json's content."""
-    from delfx.classifier.model import plot_curves
-    from delfx.extractor.delf_net import file_digest
     directory = Path(directory)
     model.save(directory / MODEL_FILE)
     labels.save(directory / LABELS_FILE)
@@ -290,19 +221,15 @@ def save_global_model(directory: Path, model, labels: LabelMap, info: dict[str, 
     atomic_write_bytes(directory / CURVES_PNG, plot_curves(curves))
     # config.json last: its presence marks a complete directory. The model hash identifies the
     # descriptors this model makes (stored next to them in the feature shards).
-    written = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **info,
-               "model_hash": file_digest(directory / MODEL_FILE),
+    written = {**header(FORMAT_NAME, FORMAT_VERSION), **info,
+               "model_hash": file_sha256(directory / MODEL_FILE),
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(directory / CONFIG_FILE, written)
     return written
 
 
 def is_global_model_dir(directory: Path) -> bool:
-    try:
-        data = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+    return has_format(Path(directory) / CONFIG_FILE, (FORMAT_NAME,))
 
 
 def load_global_model(directory: str | Path) -> GlobalModel:
@@ -312,18 +239,8 @@ def load_global_model(directory: str | Path) -> GlobalModel:
         DelfxError: not a global model of a known version, or its files disagree.
     """
     directory = Path(directory)
-    path = directory / CONFIG_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DelfxError(f"{directory}: not a delfx global model (no {CONFIG_FILE})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DelfxError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
-        raise DelfxError(f"{path}: not a delfx global model config")
-    if info.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
-        raise DelfxError(f"{path}: global model format version {info.get('format_version')!r} "
-                         f"is not supported (supported: {sorted(SUPPORTED_FORMAT_VERSIONS)})")
+    info = read_json_artifact(directory / CONFIG_FILE, FORMAT_NAME, SUPPORTED_FORMAT_VERSIONS,
+                              what="delfx global model", advice="upgrade delfx or retrain")
     config = GlobalConfig.from_dict(info["global_model"])
     labels = LabelMap.load(directory / LABELS_FILE)
     from delfx.globalnet.gem import keras_layers

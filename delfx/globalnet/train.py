@@ -3,7 +3,7 @@
 The reference recipe: random crops (and horizontal flips) of each training image, one sigmoid
 output per class with binary cross-entropy over one-hot targets, Adam, ReduceLROnPlateau on the
 validation loss, early stopping with the best weights restored. Labels and the split are those
-of the local-feature classifier (`delfx.classifier.data`): non-landmark rows are not training
+of the local-feature classifier (`delfx.labels`): non-landmark rows are not training
 data, small classes can be cut, each class keeps an image for training.
 
 Images are decoded once and kept in memory squashed to `image_size` (uint8: 160² x 3 = 77 kB
@@ -14,45 +14,31 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from delfx.classifier.data import LabelMap, balanced_weights, read_labels, stratified_split
 from delfx.errors import DelfxError
 from delfx.globalnet.model import (GlobalConfig, GlobalModel, backbone_digest, build_networks,
                                    prepare_images, save_global_model)
 from delfx.inputs import ImageItem, list_images
+from delfx.labels import LabelMap, read_labels, stratified_split
+from delfx.nets.heads import compile_head
+from delfx.nets.training import (TrainResult, balanced_weights, callbacks, check_output_dir,
+                                 epoch_logger, history_curves, is_trained_model_dir,
+                                 write_model_dir)
 from delfx.versions import library_versions
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class GlobalTrainResult:
-    """What a training run produced and measured (images/s are whole images through the net)."""
-
-    out_dir: Path
-    model: GlobalModel
-    num_classes: int
-    train_images: int
-    validation_images: int
-    epochs_run: int
-    best_epoch: int
-    val_accuracy: float | None
-    val_loss: float | None
-    train_images_per_s: float
-    inference_images_per_s: float
-    seconds: float
-    data: dict[str, Any] = field(default_factory=dict)
+WHAT = "trained model"  # what the output-folder messages call it
 
 
 def load_labelled_images(items: list[ImageItem], labels: dict[str, str | None], size: int
                          ) -> tuple[list[str], list[str], np.ndarray, dict[str, int]]:
     """(ids, labels, uint8 (N, size, size, 3), counts of what was skipped) of the labelled items."""
-    from delfx.extractor.images import ImageError, load_image
+    from delfx.images import ImageError, load_image
     ids, names, pixels = [], [], []
     skipped = {"non_landmark": 0, "unlabelled": 0, "unreadable": 0}
     for item in items:
@@ -99,17 +85,16 @@ def _dataset(pixels: np.ndarray, targets: np.ndarray, num_classes: int, batch_si
 
 def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str | Path,
                        config: GlobalConfig = GlobalConfig(), overwrite: bool = False
-                       ) -> GlobalTrainResult:
+                       ) -> TrainResult:
     """Train `config.model` on the labelled images of `images` (a folder or a list file).
 
     Raises:
         DelfxError: on a non-empty `out_dir` without `overwrite`, labels that match no image,
             or fewer than 2 classes.
     """
-    from delfx.classifier.train import _check_output, _epoch_logger, _write_atomically
     start = time.monotonic()
     out_dir = Path(out_dir)
-    _check_output(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, is_trained_model_dir, WHAT)
     labels = read_labels(labels_csv)
     ids, names, pixels, skipped = load_labelled_images(list_images(Path(images)), labels,
                                                        config.image_size)
@@ -130,9 +115,7 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
     batch_size = min(config.batch_size, len(train_idx))
     steps = -(-len(train_idx) // batch_size)
     model, embedder, head = build_networks(config, len(label_map), steps)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    compile_head(model, config)
     num_classes = len(label_map)
     weights = (balanced_weights(targets[train_idx], num_classes) if config.class_weighting
                else None)
@@ -143,22 +126,19 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
     val_ds = (_dataset(pixels[val_idx], targets[val_idx], num_classes, batch_size, crop=None,
                        weights=None, seed=config.seed) if has_val else None)
     monitor = "val_loss" if has_val else "loss"
-    logger = _epoch_logger()(config.epochs)
-    callbacks = [keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.lr_factor,
-                                                   patience=config.lr_patience,
-                                                   min_lr=config.min_learning_rate),
-                 keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience,
-                                               restore_best_weights=True), logger]
+    logger = epoch_logger(config.epochs)
+    schedule = callbacks(monitor, lr_factor=config.lr_factor, lr_patience=config.lr_patience,
+                         min_learning_rate=config.min_learning_rate, patience=config.patience,
+                         logger=logger)
     log.info("training %s: %d classes, %d train / %d validation images, batch %d, crops %s, "
              "backbone %s", config.model, num_classes, len(train_idx), len(val_idx), batch_size,
              crop or "off", "fine-tuned" if config.fine_tune else "frozen")
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
                         shuffle=False,  # _dataset shuffles, seeded, per epoch
-                        callbacks=callbacks).history
+                        callbacks=schedule).history
     epochs_run = len(history.get("loss", []))
     best_epoch = int(np.argmin(history[monitor])) + 1
-    timed = logger.train_seconds[1:] or logger.train_seconds  # epoch 1 includes tracing
-    train_rate = len(train_idx) * len(timed) / max(sum(timed), 1e-9)
+    train_rate = logger.samples_per_second(len(train_idx))
 
     trained = GlobalModel(model, embedder, head, label_map, config, {})
     val_loss = val_accuracy = None
@@ -171,8 +151,7 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
     trained.predict_images(list(probe))
     inference_rate = len(probe) / max(time.perf_counter() - begin, 1e-9)
 
-    curves = {"epoch": list(range(1, epochs_run + 1)), "best_epoch": best_epoch,
-              "monitor": monitor, **{k: [float(v) for v in vals] for k, vals in history.items()}}
+    curves = history_curves(history, monitor, best_epoch)
     summary = {"images": str(images), "labels_csv": str(labels_csv), "skipped": skipped,
                **dropped, "train_images": len(train_idx), "validation_images": len(val_idx),
                "validation_ids": [ids[i] for i in val_idx]}
@@ -182,18 +161,18 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
             "training": {"epochs_run": epochs_run, "best_epoch": best_epoch, "monitor": monitor,
                          "batch_size": batch_size, "steps_per_epoch": steps,
                          "val_loss": val_loss, "val_accuracy": val_accuracy,
-                         "train_images_per_s": round(train_rate, 2),
-                         "inference_images_per_s": round(inference_rate, 2),
+                         "train_samples_per_s": round(train_rate, 2),
+                         "inference_samples_per_s": round(inference_rate, 2),
                          "seconds": round(time.monotonic() - start, 3)},
             "versions": library_versions()}
     written: dict[str, Any] = {}
-    _write_atomically(out_dir, overwrite, lambda tmp: written.update(
-        save_global_model(tmp, model, label_map, info, curves)))
+    write_model_dir(out_dir, overwrite, lambda tmp: written.update(
+        save_global_model(tmp, model, label_map, info, curves)), is_trained_model_dir, WHAT)
     trained.info = written
     log.info("%s: %d classes, best epoch %d of %d, validation accuracy %s; training %.1f "
              "images/s, inference %.1f images/s; written to %s", config.model, num_classes,
              best_epoch, epochs_run, "n/a" if val_accuracy is None else f"{val_accuracy:.3f}",
              train_rate, inference_rate, out_dir)
-    return GlobalTrainResult(out_dir, trained, num_classes, len(train_idx), len(val_idx),
-                             epochs_run, best_epoch, val_accuracy, val_loss, round(train_rate, 2),
-                             round(inference_rate, 2), time.monotonic() - start, summary)
+    return TrainResult(out_dir, trained, num_classes, len(train_idx), len(val_idx), epochs_run,
+                       best_epoch, val_accuracy, val_loss, round(train_rate, 2),
+                       round(inference_rate, 2), time.monotonic() - start, summary, "images")

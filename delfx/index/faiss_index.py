@@ -18,7 +18,6 @@ at the GPU limit of 2048. Descriptors are streamed from the shards in bounded bl
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from delfx.artifacts import check_header, header, read_json_artifact
 from delfx.errors import DelfxError
 from delfx.paths import atomic_write_json
 from delfx.store import FeatureSet
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE, MAPPING_FILE, META_FILE = "index.faiss", "mapping.h5", "index.json"
 FORMAT_NAME, FORMAT_VERSION = "delfx-index", 1
+MAPPING_FORMAT = "delfx-index-mapping"
 GPU_MAX_K = 2048  # FAISS GPU limit on k and nprobe
 GPU_PQ_M_FOR_40D = (2, 4, 20, 40)
 
@@ -109,7 +110,7 @@ class IndexMeta:
     versions: dict[str, str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model": {"id": self.model_id,
+        return {**header(FORMAT_NAME, FORMAT_VERSION), "model": {"id": self.model_id,
                 "hash": self.model_hash}, "dim": self.dim, "factory": self.factory,
                 "nprobe": self.nprobe, "shards": {str(k): v for k, v in sorted(self.shards.items())},
                 "num_vectors": self.num_vectors, "num_images": self.num_images,
@@ -118,15 +119,8 @@ class IndexMeta:
     @classmethod
     def load(cls, folder: Path) -> "IndexMeta":
         path = Path(folder) / META_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DelfxError(f"{folder}: not a delfx index (no {META_FILE})") from None
-        except (OSError, ValueError) as exc:
-            raise DelfxError(f"{path}: unreadable ({exc})") from None
-        if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
-            raise DelfxError(f"{path}: unknown index format {data.get('format')!r} version "
-                             f"{data.get('version')!r}; rebuild it with this delfx")
+        data = read_json_artifact(path, FORMAT_NAME, {FORMAT_VERSION}, what="delfx index",
+                                  advice="rebuild it with this delfx")
         return cls(data["model"]["id"], data["model"]["hash"], int(data["dim"]), data["factory"],
                    int(data["nprobe"]), {int(k): v for k, v in data["shards"].items()},
                    int(data["num_vectors"]), int(data["num_images"]), data["created"],
@@ -142,7 +136,8 @@ class Mapping:
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "delfx-index-mapping"
+            for key, value in header(MAPPING_FORMAT, FORMAT_VERSION).items():
+                f.attrs[key] = value
             f.create_dataset("image_ids", data=np.array(self.image_ids, dtype=object),
                              dtype=h5py.string_dtype("utf-8"))
             f.create_dataset("image", data=self.image.astype(np.int32))
@@ -152,6 +147,11 @@ class Mapping:
     @classmethod
     def load(cls, path: Path) -> "Mapping":
         with h5py.File(path, "r") as f:
+            if "format_version" in f.attrs:  # delfx 0.1.0 wrote the format name only
+                check_header(f.attrs, MAPPING_FORMAT, {FORMAT_VERSION}, str(path),
+                             what="delfx index mapping", advice="rebuild the index")
+            elif f.attrs.get("format") != MAPPING_FORMAT:
+                raise DelfxError(f"{path}: not a delfx index mapping")
             ids = [v.decode() if isinstance(v, bytes) else v for v in f["image_ids"][()]]
             return cls(ids, f["image"][()], f["row"][()])
 

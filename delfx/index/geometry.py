@@ -23,10 +23,13 @@ from typing import Any, Iterable, Mapping
 import cv2
 import numpy as np
 
+from delfx.config import RANSAC_MODELS
+
 logger = logging.getLogger(__name__)
 
-# Minimal sample size of each model (OpenCV refuses fewer points).
+# Minimal sample size of each model (OpenCV refuses fewer points); one per RANSAC_MODELS name.
 MIN_SAMPLES = {"affine": 3, "similarity": 2, "homography": 4}
+assert set(MIN_SAMPLES) == set(RANSAC_MODELS)
 # Bound on the float32 distance block of the matchers (bytes); 64 MB keeps peaks modest.
 _BLOCK_BYTES = 64 << 20
 
@@ -178,6 +181,14 @@ def load_homography(path: str | os.PathLike) -> np.ndarray:
     if h.shape != (3, 3) or not np.all(np.isfinite(h)):
         raise ValueError(f"{path}: expected a finite 3x3 matrix, got shape {h.shape}")
     return h
+
+
+def default_threshold(model_id: str) -> float:
+    """RANSAC residual threshold, as a share of the image diagonal, by keypoint precision:
+    DELF cells are ~8x coarser than SIFT keypoints (delf-hybrid places its keypoints with SIFT)."""
+    if model_id.startswith("delf-hybrid"):
+        return 0.01
+    return 0.03 if model_id.startswith(("delf", "tfhub", "savedmodel")) else 0.01
 
 
 def _unverified(num_matches: int, model: str) -> Verification:

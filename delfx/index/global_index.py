@@ -14,13 +14,13 @@ format) and `global.json` (the image ids by row, the global model, versions).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from delfx.artifacts import header, read_json_artifact
 from delfx.errors import DelfxError
 from delfx.paths import atomic_write_json
 from delfx.store import FeatureSet
@@ -94,7 +94,7 @@ class GlobalIndex:
         tmp.replace(folder / INDEX_FILE)
         # json last: its presence marks a complete global index.
         atomic_write_json(folder / META_FILE, {
-            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": self.model,
+            **header(FORMAT_NAME, FORMAT_VERSION), "model": self.model,
             "image_ids": self.image_ids, "versions": library_versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
@@ -106,12 +106,7 @@ class GlobalIndex:
     def load(cls, folder: Path) -> "GlobalIndex":
         import faiss
         folder = Path(folder)
-        try:
-            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DelfxError(f"{folder / META_FILE}: unreadable global index ({exc})") from None
-        if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
-            raise DelfxError(f"{folder / META_FILE}: not a delfx global index of version "
-                             f"{FORMAT_VERSION}")
+        meta = read_json_artifact(folder / META_FILE, FORMAT_NAME, {FORMAT_VERSION},
+                                  what="delfx global index", advice="rebuild the index")
         index = faiss.read_index(str(folder / INDEX_FILE))
         return cls(None, meta["image_ids"], meta["model"], index=index)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from delfx.errors import DelfxError
 from delfx.index.faiss_index import GalleryIndex
-from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
+from delfx.index.geometry import default_threshold, mutual_nearest_neighbours, verify_pairs
 from delfx.store import FeatureSet, ImageFeatures
 
 log = logging.getLogger(__name__)
@@ -26,25 +28,36 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Args:
+    """How a query is searched and verified.
+
+    Attributes:
         k: nearest gallery keypoints per query descriptor.
         max_distance: L2 distance (unit descriptors) under which a neighbour votes.
         shortlist: candidates verified per query.
         top: results kept per query.
-        model: RANSAC model, 'affine' (DELF) or 'homography' or 'similarity'.
+        ransac: RANSAC model, 'affine' (DELF), 'homography' or 'similarity' (RANSAC_MODELS).
         relative_threshold: RANSAC residual threshold as a share of the candidate's diagonal
             (0.01 is ~8 px at 512 px, the RootSIFT setting; coarse CNN cells want ~0.03).
-        workers: threads for verification (OpenCV releases the GIL).
+        seed: RANSAC's random seed (results repeat exactly).
+        workers: threads for verification (OpenCV releases the GIL); None: min(4, CPUs).
     """
 
     k: int = 10
     max_distance: float = 1.0
     shortlist: int = 30
     top: int = 10
-    model: str = "affine"
+    ransac: str = "affine"
     relative_threshold: float = 0.01
     seed: int = 0
     workers: int | None = None
+
+    @classmethod
+    def for_model(cls, model_id: str, **changes) -> "SearchConfig":
+        """The defaults for features of `model_id` (its RANSAC threshold), with `changes`;
+        a None change keeps the default."""
+        values = {"relative_threshold": default_threshold(model_id)}
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -61,16 +74,6 @@ class Result:
         return asdict(self)
 
 
-def default_threshold(model_id: str) -> float:
-    """Residual threshold share by keypoint precision: DELF cells are ~8x coarser than SIFT.
-
-    delf-hybrid places its keypoints with SIFT: RootSIFT's threshold.
-    """
-    if model_id.startswith("delf-hybrid"):
-        return 0.01
-    return 0.03 if model_id.startswith(("delf", "tfhub", "savedmodel")) else 0.01
-
-
 def vote(index: GalleryIndex, descriptors: np.ndarray, config: SearchConfig,
          exclude: set[int] = frozenset()) -> dict[int, int]:
     """Votes per gallery image row: query descriptors with a neighbour in it within reach."""
@@ -85,12 +88,18 @@ def vote(index: GalleryIndex, descriptors: np.ndarray, config: SearchConfig,
 
 
 def search_one(query: ImageFeatures, index: GalleryIndex, gallery: FeatureSet,
-               config: SearchConfig, exclude_self: bool = False) -> list[Result]:
-    """Ranked, verified gallery matches of one query."""
-    exclude = set()
-    if exclude_self and query.image_id in index.mapping_positions:
-        exclude.add(index.mapping_positions[query.image_id])
-    votes = vote(index, query.descriptors, config, exclude)
+               config: SearchConfig, exclude_self: bool = False,
+               votes: dict[int, int] | None = None) -> list[Result]:
+    """Ranked, verified gallery matches of one query.
+
+    Args:
+        votes: the query's `vote` (with the same exclusion), when the caller already has it.
+    """
+    if votes is None:
+        exclude = set()
+        if exclude_self and query.image_id in index.mapping_positions:
+            exclude.add(index.mapping_positions[query.image_id])
+        votes = vote(index, query.descriptors, config, exclude)
     shortlist = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:config.shortlist]
     candidates = [gallery.get(index.mapping.image_ids[g]) for g, _ in shortlist]
     verified = verify_candidates(query, candidates, config)
@@ -108,7 +117,7 @@ def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConf
         matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
         pairs.append((query.locations, candidate.locations, matches,
                       {"image_size_b": (candidate.height, candidate.width)}))
-    return verify_pairs(pairs, workers=config.workers, model=config.model,
+    return verify_pairs(pairs, workers=config.workers, model=config.ransac,
                         relative_threshold=config.relative_threshold, seed=config.seed)
 
 
@@ -119,7 +128,6 @@ def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, confi
 
     Global retrieval, then local re-ranking: no local-descriptor index is searched.
     """
-    from delfx.errors import DelfxError
     if query.global_descriptor is None:
         raise DelfxError(f"query {query.image_id} has no global descriptor (extract it with "
                          f"--global-model)")
@@ -149,3 +157,43 @@ def search_many(queries: Iterable[ImageFeatures], index: GalleryIndex | None, ga
             yield shortlist_one(query, global_index, gallery, config, exclude_self)
         else:
             yield search_one(query, index, gallery, config, exclude_self)
+
+
+def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict | None = None,
+               *, exclude_self: bool = False, global_shortlist: bool = False,
+               global_model_dir: Path | None = None) -> Iterator[list[Result]]:
+    """`delfx search`: results of every query (a feature set, or images extracted with the
+    gallery's own model and config), one list per query, in query order. Everything is
+    loaded and checked before this returns; the searching happens as the result is iterated.
+
+    Args:
+        settings: SearchConfig fields; None values (and those left out) take the defaults for
+            the gallery's model (`SearchConfig.for_model`).
+        global_shortlist: shortlist by global descriptor (the index folder's global.faiss)
+            instead of local votes.
+        global_model_dir: the GeM model that embeds query *images* (global_shortlist).
+    """
+    from delfx.extractor.queries import query_records
+    from delfx.index.faiss_index import check_compatible
+    gallery = FeatureSet(gallery_dir, require_complete=False)
+    config = SearchConfig.for_model(gallery.manifest.model_id, **(settings or {}))
+    index = GalleryIndex(index_dir)
+    check_compatible(index.meta, gallery, index_dir)
+    global_index = global_model = None
+    if global_shortlist:
+        from delfx.index.global_index import GlobalIndex
+        if not GlobalIndex.exists(index_dir):
+            raise DelfxError(f"{index_dir} has no global index: extract the gallery with "
+                             f"--global-model, then build-index")
+        global_index = GlobalIndex.load(index_dir)
+        if global_model_dir is not None:
+            from delfx.globalnet.model import load_global_model
+            global_model = load_global_model(global_model_dir)
+            global_index.check_query_model(global_model.describe(), str(global_model_dir))
+    records = query_records(queries, gallery, global_model)  # refusals here, before any output
+
+    def results() -> Iterator[list[Result]]:
+        with gallery:
+            yield from search_many(records, index, gallery, config, exclude_self, global_index)
+
+    return results()

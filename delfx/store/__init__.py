@@ -8,7 +8,9 @@ from delfx.store.featureset import FeatureSet
 from delfx.store.manifest import Manifest
 from delfx.store.records import ImageFeatures
 from delfx.store.schema import SCHEMA_VERSION, shard_file_name
-from delfx.store.shard import ShardInfo, ShardReader, ShardWriter
+from delfx.store.manifest import ShardInfo
+from delfx.store.reader import ShardReader
+from delfx.store.writer import ShardWriter
 
 __all__ = ["FeatureSet", "ImageFeatures", "Manifest", "SCHEMA_VERSION", "ShardInfo", "ShardReader",
            "ShardWriter", "VerifyReport", "inspect", "shard_file_name", "verify"]

@@ -13,7 +13,9 @@ import numpy as np
 from delfx.errors import StoreError
 from delfx.store import schema as S
 from delfx.store.manifest import Manifest
-from delfx.store.shard import PARTIAL_MARKER, ShardReader, file_sha256
+from delfx.digests import file_sha256
+from delfx.store.reader import ShardReader
+from delfx.store.writer import PARTIAL_MARKER
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ import numpy as np
 
 from delfx.errors import StoreError
 from delfx.store.manifest import Manifest
+from delfx.store.padding import empty_padded
 from delfx.store.records import ImageFeatures
-from delfx.store.shard import ShardReader
+from delfx.store.reader import ShardReader
 
 
 class FeatureSet:
@@ -156,8 +157,7 @@ class FeatureSet:
         """
         positions = np.array([self.position(k) if isinstance(k, str) else int(k) for k in keys],
                              dtype=np.int64)
-        out = np.zeros((len(positions), max_features, self.descriptor_dim), dtype=dtype)
-        mask = np.zeros((len(positions), max_features), dtype=bool)
+        out, mask = empty_padded(len(positions), max_features, self.descriptor_dim, dtype)
         if not len(positions):
             return out, mask
         if positions.min() < 0 or positions.max() >= self.num_images:

@@ -9,11 +9,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from delfx.artifacts import check_header
 from delfx.errors import SchemaVersionError, StoreError
 from delfx.paths import atomic_write_json, resolve_inside
 from delfx.store import schema as S
-from delfx.store.shard import ShardInfo
 from delfx.versions import library_versions
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the manifest records of a completed shard."""
+
+    index: int
+    file: str
+    sha256: str
+    bytes: int
+    num_images: int
+    num_ok: int
+    num_failed: int
+    num_features: int
 
 
 def _now() -> str:
@@ -67,13 +81,10 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "manifest") -> "Manifest":
-        if not isinstance(data, dict) or data.get("format") != S.MANIFEST_FORMAT:
-            raise StoreError(f"{source}: not a delfx manifest")
-        version = data.get("schema_version")
-        if version not in S.SUPPORTED_SCHEMA_VERSIONS:
-            raise SchemaVersionError(
-                f"{source}: schema version {version} is not supported by this delfx "
-                f"(supported: {sorted(S.SUPPORTED_SCHEMA_VERSIONS)}); upgrade delfx or re-extract")
+        version = check_header(data, S.MANIFEST_FORMAT, S.SUPPORTED_SCHEMA_VERSIONS, source,
+                               what="delfx manifest", version_key="schema_version",
+                               error=StoreError, version_error=SchemaVersionError,
+                               advice="upgrade delfx or re-extract")
         try:
             shards = {int(r["index"]): ShardInfo(**r) for r in data["shards"]}
             manifest = cls(num_shards=int(data["num_shards"]), model_id=data["model"]["id"],

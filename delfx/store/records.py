@@ -23,7 +23,7 @@ class ImageFeatures:
         scores: (N,) float32, attention score (detector response for classical models).
         height, width: size of the original image after EXIF orientation (0 when unreadable).
         status: "ok" or "failed".
-        reason: failure code when failed (see delfx.extractor.images.REASONS), else "".
+        reason: failure code when failed (see delfx.images.REASONS), else "".
         message: human-readable failure detail when failed, else "".
         global_descriptor: (G,) L2-normalised global (GeM) vector of the image, or None when
             the feature set has none (schema v2, `delfx extract --global-model`).

@@ -9,7 +9,7 @@ import numpy as np
 from delfx.store.manifest import Manifest
 from delfx.store.records import ImageFeatures
 from delfx.store.schema import shard_file_name
-from delfx.store.shard import ShardWriter
+from delfx.store.writer import ShardWriter
 
 
 def synthetic_image(image_id: str, rng: np.random.Generator, *, num_features: int,

@@ -10,12 +10,12 @@ gallery). Stored as JSON (names, coefficients, standardisation): never a pickle.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from delfx.artifacts import header, read_json_artifact
 from delfx.errors import DelfxError
 from delfx.paths import atomic_write_json
 
@@ -37,7 +37,7 @@ class Calibration:
         return 1.0 / (1.0 + np.exp(-(z @ self.coef + self.intercept)))
 
     def to_json(self) -> dict:
-        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "names": self.names,
+        return {**header(FORMAT_NAME, FORMAT_VERSION), "names": self.names,
                 "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "coef": self.coef.tolist(), "intercept": float(self.intercept),
                 "fitted_on": self.fitted_on}
@@ -47,12 +47,8 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path) -> "Calibration":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise DelfxError(f"{path}: unreadable calibration ({exc})") from None
-        if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
-            raise DelfxError(f"{path}: unknown calibration format/version")
+        data = read_json_artifact(path, FORMAT_NAME, {FORMAT_VERSION}, what="delfx calibration",
+                                  advice="fit it again (classify --calibrate)")
         return cls(data["names"], np.array(data["mean"]), np.array(data["scale"]),
                    np.array(data["coef"]), float(data["intercept"]), data.get("fitted_on", {}))
 

@@ -41,6 +41,7 @@ from typing import IO, Iterator
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from delfx.config import DEFAULT_MAX_PIXELS  # noqa: F401 (re-exported: the decoder's default)
 from delfx.errors import DelfxError
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ REASONS: dict[str, str] = {
     "read_error": "the path cannot be read (a directory, no permission, I/O error)",
 }
 
-# Equal to Pillow's default MAX_IMAGE_PIXELS (2**30 // 4 // 3), so that at the default Pillow's
-# warning threshold and ours coincide; about 270 MB as a uint8 RGB array.
-DEFAULT_MAX_PIXELS = 89_478_485
 
 # File names a directory scan should consider (compare lower-cased suffixes). Decoding itself
 # sniffs content, so a mislabelled file is still decoded if its real format is accepted.

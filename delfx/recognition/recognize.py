@@ -34,15 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from delfx.classifier.calibration import Calibration
+from delfx.config import CLASSIFY_MODES
 from delfx.errors import DelfxError
-from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
-from delfx.index.search import SearchConfig, search_one, shortlist_one, vote
+from delfx.index.search import SearchConfig, search_one, shortlist_one, verify_candidates, vote
+from delfx.recognition.calibration import Calibration
 from delfx.store import FeatureSet, ImageFeatures
+from delfx.store.padding import padded_records
 
 log = logging.getLogger(__name__)
 
-MODES = ("fused", "classifier", "retrieval", "shortlist")
+MODES = CLASSIFY_MODES
 FEATURES = {
     "retrieval": ["log_inliers", "log_margin", "inlier_ratio"],
     "shortlist": ["log_inliers", "log_margin", "inlier_ratio"],
@@ -125,34 +126,23 @@ class Recognizer:
                                  f"classifier (extract with --global-model)")
             probs = self.classifier.predict_descriptors(query.global_descriptor[None])[0]
             return {label: float(p) for label, p in zip(self.classifier.labels.labels, probs)}
-        max_features = self.classifier.config.max_features
-        x = np.zeros((1, max_features, query.descriptors.shape[1] if query.num_features else
-                      self.gallery.descriptor_dim), np.float32)
-        mask = np.zeros((1, max_features), np.float32)
-        n = min(query.num_features, max_features)
-        order = np.argsort(-query.scores, kind="stable")[:n]
-        x[0, :n] = query.descriptors[order]
-        mask[0, :n] = 1
+        x, mask = padded_records([query], self.classifier.config.max_features,
+                                 self.gallery.descriptor_dim)
         probs = self.classifier.predict(x, mask)[0]
         return {label: float(p) for label, p in zip(self.classifier.labels.labels, probs)}
 
     def _verify_labels(self, query: ImageFeatures, labels: list[str], exclude: str | None,
                        votes: dict[int, int]) -> dict[str, Candidate]:
         """Best verified gallery image of each label (the per_class most-voted images)."""
-        pairs, owners = [], []
+        candidates, owners = [], []
         positions = self.index.mapping_positions if self.index is not None else {}
         for label in labels:
             members = [m for m in self._by_label.get(label, []) if m != exclude]
             members.sort(key=lambda m: (-votes.get(positions.get(m, -1), 0), m))
             for image_id in members[:self.config.per_class]:
-                candidate = self.gallery.get(image_id)
-                matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
-                pairs.append((query.locations, candidate.locations, matches,
-                              {"image_size_b": (candidate.height, candidate.width)}))
+                candidates.append(self.gallery.get(image_id))
                 owners.append((label, image_id))
-        search = self.config.search
-        results = verify_pairs(pairs, workers=search.workers, model=search.model,
-                               relative_threshold=search.relative_threshold, seed=search.seed)
+        results = verify_candidates(query, candidates, self.config.search)
         best: dict[str, Candidate] = {}
         for (label, image_id), result in zip(owners, results):
             if label not in best or result.inliers > best[label].inliers:
@@ -181,7 +171,8 @@ class Recognizer:
         if mode in ("retrieval", "fused") and query.num_features:
             excluded = {self.index.mapping_positions[exclude]} if exclude in self.index.mapping_positions else set()
             votes = vote(self.index, query.descriptors, self.config.search, excluded)
-            for result in search_one(query, self.index, self.gallery, self.config.search, exclude_self):
+            for result in search_one(query, self.index, self.gallery, self.config.search,
+                                     exclude_self, votes=votes):
                 label = self.labels.get(result.gallery_id)
                 if label and (label not in by_label or result.inliers > by_label[label].inliers):
                     by_label[label] = Candidate(label, 0.0, result.inliers, result.matches,
@@ -243,6 +234,3 @@ class Recognizer:
         label = candidate.label if score >= self.config.min_score else None
         return Recognition(query.image_id, label, score if label else 0.0,
                            {k: features[k] for k in FEATURES[self.config.mode]}, ranked)
-
-    def evidence_vector(self, recognition: Recognition) -> np.ndarray:
-        return np.array([recognition.features[n] for n in FEATURES[self.config.mode]])

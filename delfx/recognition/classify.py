@@ -7,17 +7,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from delfx.classifier.calibration import Calibration, fit_logistic
-from delfx.classifier.data import read_labels
-from delfx.classifier.recognize import FEATURES, RecognitionConfig, Recognizer
 from delfx.errors import DelfxError
 from delfx.evaluate import write_submission
+from delfx.extractor.queries import query_records
+from delfx.labels import read_labels
 from delfx.metrics import Prediction
-from delfx.store import FeatureSet, ImageFeatures
+from delfx.recognition.calibration import Calibration, fit_logistic
+from delfx.recognition.recognize import FEATURES, RecognitionConfig, Recognizer
+from delfx.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +85,16 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                  index_dir: Path | None = None, calibration_path: Path | None = None,
                  calibrate: bool = False, evidence_path: Path | None = None,
                  min_score: float = 0.0, top_k: int = 3, shortlist: int = 30,
-                 global_model_dir: Path | None = None,
-                 query_records: Callable[..., Iterable[ImageFeatures]] | None = None
-                 ) -> dict[str, Any]:
+                 global_model_dir: Path | None = None) -> dict[str, Any]:
     """Recognise every query and write the submission.
 
     Args:
-        query_records: `query_records(gallery, global_model)` -> the query records; the
-            global model (or None) is what embeds query *images* when a mode needs global
-            descriptors: the GeM classifier itself, else `global_model_dir`.
+        queries: a query feature set, or images (extracted with the gallery's model and config;
+            when a mode needs global descriptors, embedded with the GeM classifier itself, else
+            with `global_model_dir`).
     """
     from delfx.index.faiss_index import GalleryIndex, check_compatible
-    from delfx.index.search import SearchConfig, default_threshold
+    from delfx.index.search import SearchConfig
     gallery = FeatureSet(gallery_dir, require_complete=False)
     labels = read_labels(gallery_labels)
     classifier = index = global_index = global_model = None
@@ -123,7 +122,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
             raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
         index = GalleryIndex(index_dir)
         check_compatible(index.meta, gallery, index_dir)
-    search = SearchConfig(relative_threshold=default_threshold(gallery.manifest.model_id))
+    search = SearchConfig.for_model(gallery.manifest.model_id)
     config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search,
                                shortlist=shortlist)
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config,
@@ -136,12 +135,16 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
             calibration.save(calibration_path)
     elif calibration_path is not None:
         calibration = Calibration.load(calibration_path)
+        if calibration.names != FEATURES[mode]:
+            raise DelfxError(f"{calibration_path}: calibration is for features {calibration.names} "
+                             f"(fitted in mode {calibration.fitted_on.get('mode', '?')}), --mode "
+                             f"{mode} gives {FEATURES[mode]}: fit one with --calibrate")
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier,
                             calibration=calibration, config=config, global_index=global_index)
     predictions, answered, start = [], 0, time.perf_counter()
     evidence = open(evidence_path, "w") if evidence_path else None
     try:
-        for query in query_records(gallery, global_model):
+        for query in query_records(queries, gallery, global_model):
             result = recognizer.recognize(query)
             predictions.append(Prediction(result.query, result.label, result.score))
             answered += result.label is not None

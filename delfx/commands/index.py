@@ -1,0 +1,103 @@
+"""Commands of the index stage: build-index, search, match."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from delfx.commands.options import extract_config_options, resolve_config
+from delfx.config import RANSAC_MODELS
+
+log = logging.getLogger("delfx")
+
+
+@click.command("build-index")
+@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--factory", default="auto", help="FAISS factory string; auto: Flat below 200k "
+              "vectors, else IVF<~4 sqrt(n)>,PQ20.")
+@click.option("--nprobe", default=16, help="IVF lists searched per query (saved as default).")
+@click.option("--train-size", type=int, default=None, help="Training sample [64 x lists, >= 100k].")
+@click.option("--update", is_flag=True, help="Add the shards completed since the index was built.")
+@click.option("--overwrite", is_flag=True)
+def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe: int,
+                        train_size: int | None, update: bool, overwrite: bool) -> None:
+    """Index every local descriptor of FEATURE_DIR with FAISS (GPU when present)."""
+    from delfx.index.faiss_index import build_index, update_index
+    if update:
+        meta, added = update_index(feature_dir, index_dir)
+        log.info("added shards %s", added if added else "none (index up to date)")
+    else:
+        meta = build_index(feature_dir, index_dir, factory=factory, nprobe=nprobe,
+                           train_size=train_size, overwrite=overwrite)
+    click.echo(f"{index_dir}: {meta.num_vectors} vectors of {meta.num_images} images, "
+               f"{meta.factory}")
+
+
+@click.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("queries", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File [stdout].")
+@click.option("--k", default=10, help="Nearest gallery keypoints per query descriptor.")
+@click.option("--max-distance", default=1.0, help="L2 distance under which a neighbour votes.")
+@click.option("--shortlist", default=30, help="Candidates verified per query.")
+@click.option("--top", default=10, help="Results per query.")
+@click.option("--ransac", type=click.Choice(RANSAC_MODELS), default="affine")
+@click.option("--threshold", type=float, default=None,
+              help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
+@click.option("--exclude-self", is_flag=True, help="Skip gallery images with the query's id.")
+@click.option("--global-shortlist", is_flag=True, help="Shortlist the --shortlist gallery images "
+              "nearest by global descriptor (index global.faiss) instead of local votes.")
+@click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
+def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
+           max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
+           exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None) -> None:
+    """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
+    the gallery's own model and config)."""
+    import csv as csvlib
+    from delfx.index.search import run_search
+    settings = dict(k=k, max_distance=max_distance, shortlist=shortlist, top=top, ransac=ransac,
+                    relative_threshold=threshold)
+    results = run_search(index_dir, gallery_dir, queries, settings, exclude_self=exclude_self,
+                         global_shortlist=global_shortlist, global_model_dir=global_model_dir)
+    handle = open(out, "w", newline="") if out else sys.stdout
+    try:
+        writer = csvlib.writer(handle) if fmt == "csv" else None
+        if writer:
+            writer.writerow(["query", "rank", "gallery_id", "inliers", "votes", "matches", "score"])
+        for query_results in results:
+            for r in query_results:
+                if writer:
+                    writer.writerow([r.query, r.rank, r.gallery_id, r.inliers, r.votes, r.matches, r.score])
+                else:
+                    handle.write(jsonlib.dumps(r.to_json()) + "\n")
+            handle.flush()
+    finally:
+        if out:
+            handle.close()
+
+
+@click.command()
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG to draw.")
+@click.option("--ransac", type=click.Choice(RANSAC_MODELS), default="affine")
+@click.option("--threshold", type=float, default=None,
+              help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
+@extract_config_options
+def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold: float | None,
+          **kwargs) -> None:
+    """Match two images: mutual nearest neighbours + RANSAC; print the inliers, draw them."""
+    from delfx.index.match import match_images
+    result = match_images(image_a, image_b, resolve_config(kwargs), ransac=ransac,
+                          threshold=threshold)
+    if out is not None:
+        result.draw(out)
+    click.echo(jsonlib.dumps(result.to_json(out)))

@@ -1,0 +1,54 @@
+"""Options shared by several commands: the extraction settings, resolved into one config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from delfx.config import MODEL_NAMES, PRESET_NAMES
+
+
+def extract_config_options(func):
+    """Options that shape extracted features, shared by every command that extracts.
+
+    None means "not given": the value then comes from the config file or the preset.
+    """
+    options = [
+        click.option("--preset", default="delf", type=click.Choice(PRESET_NAMES),
+                     help="Named starting point (see README); the options below override it."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
+                     path_type=Path), help="TOML or JSON file of extraction settings."),
+        click.option("--model", type=click.Choice(MODEL_NAMES), default=None,
+                     help="Feature model [default: auto]."),
+        click.option("--model-path", default=None,
+                     help="TF-Hub handle or SavedModel folder (tfhub); weights file "
+                          "(delf-resnet50); `train-delf` model directory (delf-vgg16)."),
+        click.option("--pca-path", default=None, help="PCA file from `delfx fit-pca`."),
+        click.option("--image-size", type=int, default=None, help="Squash images to this square size."),
+        click.option("--max-side", type=int, default=None, help="Downscale so the long side is at most this."),
+        click.option("--scales", default=None, help="Pyramid scales, comma-separated."),
+        click.option("--score-threshold", type=float, default=None),
+        click.option("--max-features", type=int, default=None),
+        click.option("--descriptor-dim", type=int, default=None, help="0 keeps raw descriptors."),
+        click.option("--descriptor-dtype", type=click.Choice(["float16", "float32"]), default=None),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_config(kwargs: dict):
+    """Pop the extraction options from a command's kwargs and resolve them into a config."""
+    from delfx.config import ExtractConfig, resolve_extract_config
+    names = [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "preset"]
+    overrides = {name: kwargs.pop(name, None) for name in names}
+    if overrides["scales"] is not None:
+        try:
+            overrides["scales"] = tuple(float(s) for s in overrides["scales"].split(","))
+        except ValueError:
+            raise click.BadParameter(f"--scales: {overrides['scales']!r} is not a list of numbers")
+    return resolve_extract_config(kwargs.pop("preset"), kwargs.pop("config_file"), overrides)

@@ -1,0 +1,129 @@
+"""Commands of recognition: train, classify, evaluate."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+
+import click
+
+from delfx.config import CLASSIFIER_HEADS, CLASSIFY_MODES, TRAIN_MODEL_NAMES
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_name", type=click.Choice(TRAIN_MODEL_NAMES), default="delf-bottleneck",
+              help="delf-bottleneck: head over local features (INPUT = a feature set); gem-*, "
+                   "concat: GeM global models trained on images (INPUT = image folder or list).")
+@click.option("--head", type=click.Choice(CLASSIFIER_HEADS), default=None,
+              help="delf-bottleneck: pool (order-invariant, default) or flatten (the reference 150 x D).")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="ResNet50 .weights.h5 (gem-resnet50, concat).")
+@click.option("--image-size", type=int, default=None, help="GeM models: images squashed to this square.")
+@click.option("--crop-size", type=int, default=None, help="GeM models: random training crop side.")
+@click.option("--per-channel-p", is_flag=True, help="GeM models: one learnt p per channel.")
+@click.option("--fine-tune", is_flag=True, help="GeM models: train the backbone too (slow on CPU).")
+@click.option("--units", type=int, default=None)
+@click.option("--blocks", type=int, default=None, help="Dense -> BatchNorm -> activation -> Dropout blocks.")
+@click.option("--activation", default=None)
+@click.option("--dropout", type=float, default=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--min-samples", type=int, default=None, help="Drop classes with fewer images.")
+@click.option("--validation-share", type=float, default=None)
+@click.option("--no-class-weighting", is_flag=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--overwrite", is_flag=True)
+def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, overwrite: bool,
+          no_class_weighting: bool, per_channel_p: bool, fine_tune: bool, **options) -> None:
+    """Train a landmark classifier on INPUT with LABELS_CSV (id,landmark_id).
+
+    INPUT is a feature set (`delfx extract`) for delf-bottleneck, images (a folder, or a list
+    file with id,path columns) for the GeM models.
+    """
+    changes = {k: v for k, v in options.items() if v is not None}
+    if no_class_weighting:
+        changes["class_weighting"] = False
+    if model_name == "delf-bottleneck":
+        from delfx.classifier.model import ClassifierConfig
+        from delfx.classifier.train import train_classifier
+        given = [n for n in ("backbone_weights", "image_size", "crop_size") if n in changes]
+        given += [n for n, flag in (("per_channel_p", per_channel_p), ("fine_tune", fine_tune))
+                  if flag]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} is for the GeM models")
+        result = train_classifier(input_path, labels_csv, out_dir,
+                                  ClassifierConfig().replace(**changes), overwrite=overwrite)
+    else:
+        from delfx.globalnet.model import GlobalConfig
+        from delfx.globalnet.train import train_global_model
+        if "head" in changes:
+            raise click.UsageError("--head is for delf-bottleneck")
+        config = GlobalConfig(model=model_name, **changes, per_channel_p=per_channel_p,
+                              fine_tune=fine_tune)
+        result = train_global_model(input_path, labels_csv, out_dir, config, overwrite=overwrite)
+    click.echo(jsonlib.dumps({"out_dir": str(result.out_dir), "model": model_name,
+                              "classes": result.num_classes,
+                              "train_images": result.train_images,
+                              "validation_images": result.validation_images,
+                              "val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch,
+                              "train_samples_per_s": round(result.train_samples_per_s, 1),
+                              "inference_samples_per_s": round(result.inference_samples_per_s, 1)}))
+
+
+@click.command()
+@click.argument("gallery_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("gallery_labels", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("queries", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Kaggle submission CSV (id,landmarks).")
+@click.option("--mode", type=click.Choice(CLASSIFY_MODES),
+              default="fused", help="shortlist: nearest gallery images by global descriptor, "
+              "verified with local features (needs a gallery extracted with --global-model).")
+@click.option("--classifier", "classifier_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="From `delfx train`, any --model (classifier and fused modes).")
+@click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
+              path_type=Path), help="GeM model that embeds query images (shortlist mode; the "
+              "gallery's global model).")
+@click.option("--shortlist", type=int, default=30, help="Gallery images verified per query "
+              "(shortlist mode).")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="From `delfx build-index` on GALLERY_DIR (retrieval and fused modes).")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibration JSON to use; with --calibrate, where to write it.")
+@click.option("--calibrate", is_flag=True, help="Fit the calibration first: leave-one-out over "
+              "the labelled gallery (the classifier's validation images in classifier/fused mode).")
+@click.option("--evidence", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON lines with each query's candidates and evidence.")
+@click.option("--min-score", type=float, default=0.0, help="No prediction below this score.")
+@click.option("--top-k", type=int, default=3, help="Classifier proposals verified (fused).")
+def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
+             classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
+             calibrate: bool, evidence: Path | None, min_score: float, top_k: int,
+             global_model_dir: Path | None, shortlist: int) -> None:
+    """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
+    from delfx.recognition.classify import run_classify
+    summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
+                           classifier_dir=classifier_dir, index_dir=index_dir,
+                           calibration_path=calibration, calibrate=calibrate,
+                           evidence_path=evidence, min_score=min_score, top_k=top_k,
+                           shortlist=shortlist, global_model_dir=global_model_dir)
+    click.echo(jsonlib.dumps(summary))
+
+
+@click.command()
+@click.argument("submission", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("labels_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.md, report.json and per_class.png here.")
+def evaluate(submission: Path, labels_csv: Path, report_dir: Path | None) -> None:
+    """GAP and top-1 accuracy of a Kaggle-form SUBMISSION against LABELS_CSV (id,landmark_id)."""
+    from delfx.evaluate import evaluate as evaluate_predictions, read_submission, write_report
+    from delfx.labels import read_labels
+    report = evaluate_predictions(read_submission(submission), read_labels(labels_csv))
+    if report_dir is not None:
+        write_report(report, report_dir, title=f"delfx evaluation of {submission.name}")
+    click.echo(jsonlib.dumps({k: v for k, v in report.items() if k != "per_class"}))

@@ -1,0 +1,70 @@
+"""`delfx match`: two images, extracted with one model, matched (mutual nearest neighbours) and
+verified (RANSAC); the result as data, and the picture that shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from delfx.config import ExtractConfig
+from delfx.index.geometry import (Matches, Verification, default_threshold,
+                                  mutual_nearest_neighbours, verify_pair)
+from delfx.store import ImageFeatures
+
+
+@dataclass
+class MatchResult:
+    """Two images' features, their putative matches and the verification of them."""
+
+    paths: tuple[Path, Path]
+    images: tuple[np.ndarray, np.ndarray]
+    features: tuple[ImageFeatures, ImageFeatures]
+    model_id: str
+    matches: Matches
+    verification: Verification
+
+    def to_json(self, picture: Path | None = None) -> dict[str, Any]:
+        a, b = self.features
+        t = self.verification.transform
+        return {"image_a": str(self.paths[0]), "image_b": str(self.paths[1]),
+                "model": self.model_id, "features_a": a.num_features,
+                "features_b": b.num_features, "matches": len(self.matches),
+                "inliers": self.verification.inliers, "ransac": self.verification.model,
+                "transform_xy": None if t is None else np.asarray(t).round(6).tolist(),
+                "picture": str(picture) if picture else None}
+
+    def draw(self, out: Path) -> None:
+        """Both images side by side, inliers joined, outliers as faint dots (PNG)."""
+        from delfx.index.visualize import draw_matches, save_png
+        a, b = self.features
+        inl = self.verification.inlier_mask
+        qa, qb = self.matches.query_idx, self.matches.gallery_idx
+        canvas = draw_matches(self.images[0], self.images[1], a.locations[qa[inl]],
+                              b.locations[qb[inl]], outliers_a_yx=a.locations[qa[~inl]],
+                              outliers_b_yx=b.locations[qb[~inl]],
+                              title=f"{self.model_id}: {self.verification.inliers} inliers / "
+                                    f"{len(self.matches)} matches")
+        save_png(out, canvas)
+
+
+def match_images(image_a: Path, image_b: Path, config: ExtractConfig, *, ransac: str = "affine",
+                 threshold: float | None = None) -> MatchResult:
+    """Extract both images with `config`'s model, match and verify them.
+
+    Args:
+        threshold: RANSAC residual as a share of image b's diagonal (default by model).
+    """
+    from delfx.extractor.models import create_model
+    from delfx.images import load_image
+    model = create_model(config)
+    images = tuple(load_image(p, max_pixels=config.max_pixels) for p in (image_a, image_b))
+    a, b = (model.extract(image, str(p)) for image, p in zip(images, (image_a, image_b)))
+    matches = mutual_nearest_neighbours(a.descriptors, b.descriptors)
+    verification = verify_pair(a.locations, b.locations, matches, model=ransac,
+                               relative_threshold=threshold or default_threshold(model.model_id),
+                               image_size_b=(b.height, b.width))
+    return MatchResult((Path(image_a), Path(image_b)), images, (a, b), model.model_id, matches,
+                       verification)
