@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from benchmarks.common import emit, timed
+from benchmarks.common import emit, load_text, timed
 
 DIM = 40
 K = 10
@@ -389,8 +389,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         (f"[{tag}] data", f"{n:,} x {r['dim']}-d unit vectors, {r['clusters']} clusters; "
          f"auto_factory -> {r['auto_factory']}; IVF-PQ measured: {r['ivfpq_factory']}"),
-        (f"[{tag}] load average", f"{la['before'][0]:.2f} before, {la['after'][0]:.2f} after "
-         f"(1-min; {os.cpu_count()} cores, FAISS threads {r['faiss_threads']})"),
+        (f"[{tag}] load average", load_text(la, f", FAISS threads {r['faiss_threads']}")),
         (f"[{tag}] Flat build", f"add {flat['add_s']:.3f} s; {_mb(flat['bytes'])} serialised "
          f"({flat['bytes_per_vector']:.1f} B/vector; estimate_bytes {_mb(flat['estimate_bytes'])})"),
         (f"[{tag}] {r['ivfpq_factory']} build",

@@ -103,3 +103,9 @@ def emit(name: str, results: dict[str, Any], table: list[tuple[str, str]], out: 
                     "table": [[key, value] for key, value in table]}
         out.write_text(json.dumps(document, indent=2, sort_keys=True, default=_jsonable) + "\n")
         print(f"(JSON written to {out})", file=sys.stderr)
+
+
+def load_text(load_average: dict[str, list[float]], extra: str = "") -> str:
+    """'1.20 before, 1.80 after (1-min, 2 cores)' for a report row."""
+    return (f"{load_average['before'][0]:.2f} before, {load_average['after'][0]:.2f} after "
+            f"(1-min, {os.cpu_count()} cores{extra})")

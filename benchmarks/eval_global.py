@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, load_text
 from benchmarks.data import (Photo, extract, load_photos, make_folds, quick_subset,
                              resolve_data_dir, sample_split_photos, write_labels, write_subset)
 from delfx.config import ExtractConfig
@@ -318,9 +318,7 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                      + ("random ResNet50 weights (speed only)" if t["random_resnet_weights"]
                         else "given ResNet50 weights")))
     rows.append(("skipped", report["skipped"] or "nothing"))
-    la = report["load_average"]
-    rows.append(("load average", f"{la['before'][0]:.2f} before, {la['after'][0]:.2f} after "
-                 f"(1-min, {os.cpu_count()} cores)"))
+    rows.append(("load average", load_text(report["load_average"])))
     rows.append(("wall time", f"{report['seconds']:.0f} s"))
     return rows
 

@@ -28,7 +28,7 @@ scale 1, 16 at scale 0.5). They are converted to original-image pixels of image 
     python -m benchmarks.eval_local_features --json out.json --data ../shared/data
 
 The shared data is read in place (evaluation only, never copied). Figures are printed, never
-asserted; tests/test_eval_local_features.py asserts the robust orderings on a small subset.
+asserted; tests/benchmarks/test_eval_local_features.py asserts the robust orderings on a small subset.
 """
 
 from __future__ import annotations

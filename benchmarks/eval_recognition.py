@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, load_text
 from benchmarks.data import (extract, load_photos, make_folds, quick_subset,
                              resolve_data_dir, write_subset)
 from delfx.errors import DelfxError
@@ -223,9 +223,7 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                      f"max {max(inl)}, >= 20: {sum(i >= 20 for i in inl)} of {len(inl)}"))
     rows.append(("reference", "MEASURED.md: RootSIFT + MNN + affine RANSAC leave-one-out GAP 0.52 "
                  "/ top-1 0.53 (all other photos as gallery, no distractor queries)"))
-    la = report["load_average"]
-    rows.append(("load average", f"{la['before'][0]:.2f} before, {la['after'][0]:.2f} after "
-                 f"(1-min, {os.cpu_count()} cores)"))
+    rows.append(("load average", load_text(report["load_average"])))
     rows.append(("wall time", f"{report['seconds']:.0f} s"))
     return rows
 

@@ -60,7 +60,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, load_text
 from benchmarks.data import NUM_SHARDS, Photo, extract, load_photos, quick_subset, resolve_data_dir
 from delfx.config import PRESETS, ExtractConfig
 from delfx.metrics import gap, predictions_from
@@ -315,8 +315,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
          f"{ix['non_landmark_queries_with_prediction']} indexed, "
          f"{full['non_landmark_queries_with_prediction']} exhaustive "
          f"(of {ix['queries'] - ix['landmark_queries']}); landmark queries {ix['landmark_queries']}"),
-        (f"[{label}] load average", f"{la['before'][0]:.2f} before, {la['after'][0]:.2f} after "
-         f"(1-min, {os.cpu_count()} cores)"),
+        (f"[{label}] load average", load_text(la)),
     ]
 
 

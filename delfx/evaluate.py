@@ -58,21 +58,22 @@ def evaluate(predictions: list[Prediction], truth: dict[str, str | None]) -> dic
 
 def write_report(report: dict[str, Any], out_dir: Path, title: str = "delfx evaluation") -> Path:
     """report.md, report.json and per_class.png in out_dir; returns the Markdown path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     classes = sorted(report["per_class"].items(), key=lambda kv: (kv[1]["accuracy"], kv[0]))
-    figure, axis = plt.subplots(figsize=(8, max(2.5, 0.25 * len(classes) + 1)))
+    # The Agg canvas directly, not pyplot: no global backend switched, no display needed.
+    figure = Figure(figsize=(8, max(2.5, 0.25 * len(classes) + 1)))
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
     axis.barh([c for c, _ in classes], [v["accuracy"] for _, v in classes], color="#4477aa")
     axis.set_xlim(0, 1)
     axis.set_xlabel("top-1 accuracy")
     axis.set_title(f"GAP {report['gap']:.3f}, top-1 {report['top1']:.3f}")
     figure.tight_layout()
     figure.savefig(out_dir / "per_class.png", dpi=100)
-    plt.close(figure)
     lines = [f"# {title}", "",
              f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}", "",
              "| metric | value |", "|---|---|",

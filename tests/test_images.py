@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps, TiffImagePlugin, WebPImagePlugin
 
-from broken_images import (EXIF_ROTATED, MARK, MAX16, H, W, good_image_bytes, photo, png_with_header,
+from tests.support.broken_images import (EXIF_ROTATED, MARK, MAX16, H, W, good_image_bytes, photo, png_with_header,
                            ramp16, write_broken_images, write_good_images)
 from delfx.errors import DelfxError
 from delfx import images

@@ -117,15 +117,6 @@ def make_dataset(source: BatchSource, targets: np.ndarray | None, num_classes: i
     return rows.batch(batch_size).map(to_batch).prefetch(2)
 
 
-def balanced_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-sample weights n / (C * n_c) (scikit-learn's "balanced"), as float32."""
-    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    per_class = np.zeros(num_classes)
-    per_class[present] = len(targets) / (present.sum() * counts[present])
-    return per_class[targets].astype(np.float32)
-
-
 @dataclass
 class TrainingData:
     """The images a training run uses, split, with what was left out and why.

@@ -36,7 +36,6 @@ the feature model it expects, data summary, throughput, versions), ``curves.json
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from delfx.artifacts import header, read_json_artifact
+from delfx.artifacts import read_json_artifact
 from delfx.errors import DelfxError
 from delfx.labels import LabelMap
 from delfx.nets.heads import HeadConfig, bottleneck, check_activation
-from delfx.nets.training import CLASSIFIER_FORMAT, plot_curves
-from delfx.paths import atomic_write_bytes, atomic_write_json
+from delfx.nets.training import (CLASSIFIER_FORMAT, CONFIG_FILE, CURVES_JSON, CURVES_PNG,
+                                 LABELS_FILE, MODEL_FILE, write_trained_model)
 
 FORMAT_NAME, FORMAT_VERSION = CLASSIFIER_FORMAT, 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
-MODEL_FILE, LABELS_FILE, CONFIG_FILE = "model.keras", "labels.json", "config.json"
-CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
 ARTIFACTS = (MODEL_FILE, LABELS_FILE, CONFIG_FILE, CURVES_JSON, CURVES_PNG)
 HEADS = ("pool", "flatten")
 _LAYERS: dict[str, type] = {}  # our registered Keras layers, filled by _keras()
@@ -212,21 +209,9 @@ class Classifier:
 
 def save_classifier(directory: Path, model, labels: LabelMap, info: dict[str, Any],
                     curves: dict[str, Any]) -> dict[str, Any]:
-    """Write every artifact of a classifier into `directory` (which must exist).
-
-    Returns:
-        the content of config.json (`info` plus format, version and creation time).
-    """
-    directory = Path(directory)
-    model.save(directory / MODEL_FILE)
-    labels.save(directory / LABELS_FILE)
-    atomic_write_json(directory / CURVES_JSON, curves)
-    atomic_write_bytes(directory / CURVES_PNG, plot_curves(curves))
-    # config.json last: its presence marks a complete classifier directory.
-    written = {**header(FORMAT_NAME, FORMAT_VERSION), **info,
-               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(directory / CONFIG_FILE, written)
-    return written
+    """Write every artifact of a classifier into `directory` (which must exist); returns the
+    content of config.json."""
+    return write_trained_model(directory, model, labels, info, curves, FORMAT_NAME, FORMAT_VERSION)
 
 
 def read_info(directory: Path) -> dict[str, Any]:

@@ -22,9 +22,8 @@ from delfx.classifier.model import (Classifier, ClassifierConfig, _keras, build_
                                     save_classifier)
 from delfx.labels import read_labels
 from delfx.nets.heads import compile_head
-from delfx.nets.training import (TrainResult, balanced_weights, callbacks, check_output_dir,
-                                 epoch_logger, history_curves, is_trained_model_dir,
-                                 write_model_dir)
+from delfx.nets.training import (TrainResult, balanced_weights, check_output_dir, fit_head,
+                                 is_trained_model_dir, write_model_dir)
 from delfx.store import FeatureSet
 from delfx.versions import library_versions
 
@@ -140,27 +139,16 @@ def _fit(model, config: ClassifierConfig, data: TrainingData, train: BatchSource
                             shuffle=True, seed=config.seed)
     has_val = len(val) > 0
     val_ds = (make_dataset(val, data.val_targets, num_classes, batch_size) if has_val else None)
-    monitor = "val_loss" if has_val else "loss"
     if not has_val:
         log.warning("no validation images (validation_share=%s, or every class has a single "
                     "image): early stopping watches the training loss", config.validation_share)
-    logger = epoch_logger(config.epochs)
-    schedule = callbacks(monitor, lr_factor=config.lr_factor, lr_patience=config.lr_patience,
-                         min_learning_rate=config.min_learning_rate, patience=config.patience,
-                         logger=logger)
     log.info("training %s head: %d classes, %d train / %d validation images, batch %d, up to "
              "%d epochs", config.head, num_classes, len(train), len(val), batch_size,
              config.epochs)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
-                        shuffle=False,  # make_dataset shuffles, seeded, per epoch
-                        callbacks=schedule).history
-    epochs_run = len(history.get("loss", []))
-    monitored = history[monitor]
-    best_epoch = int(np.argmin(monitored)) + 1
-    samples_per_s = logger.samples_per_second(len(train))
-    curves = history_curves(history, monitor, best_epoch)
-    return {"epochs_run": epochs_run, "best_epoch": best_epoch, "monitor": monitor,
-            "batch_size": batch_size, "samples_per_s": round(samples_per_s, 1), "curves": curves}
+    fit = fit_head(model, config, train_ds, val_ds, len(train))
+    return {"epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "monitor": fit.monitor,
+            "batch_size": batch_size, "samples_per_s": round(fit.samples_per_s, 1),
+            "curves": fit.curves}
 
 
 def _evaluate(classifier: Classifier, val: BatchSource, targets: np.ndarray

@@ -13,7 +13,7 @@ whitening -> L2-normalise.
 
 Two implementations share these rules: numpy (`select_features`, used in-process, where images
 of one size are batched per level) and TensorFlow (`tf_pyramid_extract`, the body of the
-exported SavedModel signature). tests/test_delf.py checks they agree.
+exported SavedModel signature). tests/extractor/test_delf.py checks they agree.
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
     s = np.float32(scale)
     return (max(1, int(np.floor(np.float32(height) * s + np.float32(0.5)))),
             max(1, int(np.floor(np.float32(width) * s + np.float32(0.5)))))
-
-
-def level_fits(height: int, width: int, scale: float, min_level_side: int) -> bool:
-    h, w = level_size(height, width, scale)
-    return min(h, w) >= min_level_side
 
 
 @dataclass

@@ -8,7 +8,7 @@ recorded for that image alone.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -96,6 +96,3 @@ def extract_items(model: FeatureModel, items: Iterable[ImageItem],
     yield from flush()
 
 
-def extract_paths(model: FeatureModel, paths: Sequence[str]) -> list[ImageFeatures]:
-    """Convenience: features of image files, ids = the paths as given."""
-    return list(extract_items(model, [ImageItem(str(p), str(p)) for p in paths]))

@@ -23,27 +23,24 @@ the sha256 of model.keras), `curves.json` and `curves.png`.
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from delfx.artifacts import has_format, header, read_json_artifact
-from delfx.digests import combined_sha256, file_sha256
+from delfx.artifacts import has_format, read_json_artifact
+from delfx.digests import combined_sha256
 from delfx.errors import DelfxError
 from delfx.labels import LabelMap
 from delfx.nets import backbones
 from delfx.nets.backbones import weights_digest
 from delfx.nets.heads import HeadConfig, bottleneck, check_activation
-from delfx.nets.training import GLOBAL_MODEL_FORMAT, plot_curves
-from delfx.paths import atomic_write_bytes, atomic_write_json
+from delfx.nets.training import (CONFIG_FILE, GLOBAL_MODEL_FORMAT, LABELS_FILE, MODEL_FILE,
+                                 write_trained_model)
 
 FORMAT_NAME, FORMAT_VERSION = GLOBAL_MODEL_FORMAT, 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
-MODEL_FILE, LABELS_FILE, CONFIG_FILE = "model.keras", "labels.json", "config.json"
-CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
 MODELS = {"gem-vgg16": ("vgg16",), "gem-resnet50": ("resnet50",),
           "concat": ("vgg16", "resnet50")}
 CHANNELS = {"vgg16": 512, "resnet50": 2048}
@@ -213,19 +210,10 @@ class GlobalModel:
 
 def save_global_model(directory: Path, model, labels: LabelMap, info: dict[str, Any],
                       curves: dict[str, Any]) -> dict[str, Any]:
-    """Write every artifact into `directory` (which must exist); returns config.json's content."""
-    directory = Path(directory)
-    model.save(directory / MODEL_FILE)
-    labels.save(directory / LABELS_FILE)
-    atomic_write_json(directory / CURVES_JSON, curves)
-    atomic_write_bytes(directory / CURVES_PNG, plot_curves(curves))
-    # config.json last: its presence marks a complete directory. The model hash identifies the
-    # descriptors this model makes (stored next to them in the feature shards).
-    written = {**header(FORMAT_NAME, FORMAT_VERSION), **info,
-               "model_hash": file_sha256(directory / MODEL_FILE),
-               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(directory / CONFIG_FILE, written)
-    return written
+    """Write every artifact into `directory` (which must exist); returns config.json's content.
+    Its model_hash identifies the descriptors this model makes (stored next to them in the
+    feature shards)."""
+    return write_trained_model(directory, model, labels, info, curves, FORMAT_NAME, FORMAT_VERSION)
 
 
 def is_global_model_dir(directory: Path) -> bool:

@@ -25,9 +25,8 @@ from delfx.globalnet.model import (GlobalConfig, GlobalModel, backbone_digest, b
 from delfx.inputs import ImageItem, list_images
 from delfx.labels import LabelMap, read_labels, stratified_split
 from delfx.nets.heads import compile_head
-from delfx.nets.training import (TrainResult, balanced_weights, callbacks, check_output_dir,
-                                 epoch_logger, history_curves, is_trained_model_dir,
-                                 write_model_dir)
+from delfx.nets.training import (TrainResult, balanced_weights, check_output_dir, fit_head,
+                                 is_trained_model_dir, write_model_dir)
 from delfx.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -125,20 +124,12 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
     has_val = len(val_idx) > 0
     val_ds = (_dataset(pixels[val_idx], targets[val_idx], num_classes, batch_size, crop=None,
                        weights=None, seed=config.seed) if has_val else None)
-    monitor = "val_loss" if has_val else "loss"
-    logger = epoch_logger(config.epochs)
-    schedule = callbacks(monitor, lr_factor=config.lr_factor, lr_patience=config.lr_patience,
-                         min_learning_rate=config.min_learning_rate, patience=config.patience,
-                         logger=logger)
     log.info("training %s: %d classes, %d train / %d validation images, batch %d, crops %s, "
              "backbone %s", config.model, num_classes, len(train_idx), len(val_idx), batch_size,
              crop or "off", "fine-tuned" if config.fine_tune else "frozen")
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
-                        shuffle=False,  # _dataset shuffles, seeded, per epoch
-                        callbacks=schedule).history
-    epochs_run = len(history.get("loss", []))
-    best_epoch = int(np.argmin(history[monitor])) + 1
-    train_rate = logger.samples_per_second(len(train_idx))
+    fit = fit_head(model, config, train_ds, val_ds, len(train_idx))
+    monitor, epochs_run, best_epoch = fit.monitor, fit.epochs_run, fit.best_epoch
+    train_rate = fit.samples_per_s
 
     trained = GlobalModel(model, embedder, head, label_map, config, {})
     val_loss = val_accuracy = None
@@ -151,7 +142,7 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
     trained.predict_images(list(probe))
     inference_rate = len(probe) / max(time.perf_counter() - begin, 1e-9)
 
-    curves = history_curves(history, monitor, best_epoch)
+    curves = fit.curves
     summary = {"images": str(images), "labels_csv": str(labels_csv), "skipped": skipped,
                **dropped, "train_images": len(train_idx), "validation_images": len(val_idx),
                "validation_ids": [ids[i] for i in val_idx]}

@@ -225,14 +225,8 @@ def build_index(feature_dir: Path, out_dir: Path, *, factory: str = "auto", npro
                          _indexed_shards(fs), int(index.ntotal), len(mapping.image_ids),
                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          library_versions())
-        global_index = None
-        if fs.global_model:  # schema v2 gallery: also index its global descriptors
-            from delfx.index.global_index import GlobalIndex
-            global_index = GlobalIndex.from_feature_set(fs)
-    _save(out_dir, index, mapping, meta)
-    if global_index is not None:
-        global_index.save(out_dir)
-        log.info("global index: %d images, %s", len(global_index), global_index.model["id"])
+        global_index = _global_index(fs)
+    _save(out_dir, index, mapping, meta, global_index)
     return meta
 
 
@@ -269,13 +263,25 @@ def _add_all(index, fs: FeatureSet, mapping: Mapping | None, only: set[int] | No
                    np.concatenate(rows) if rows else np.zeros(0, np.int64))
 
 
-def _save(out_dir: Path, index, mapping: Mapping, meta: IndexMeta) -> None:
+def _global_index(fs: FeatureSet):
+    """The global (GeM) index of a schema-v2 gallery that stores global descriptors, else None."""
+    if not fs.global_model:
+        return None
+    from delfx.index.global_index import GlobalIndex
+    global_index = GlobalIndex.from_feature_set(fs)
+    log.info("global index: %d images, %s", len(global_index), global_index.model["id"])
+    return global_index
+
+
+def _save(out_dir: Path, index, mapping: Mapping, meta: IndexMeta, global_index=None) -> None:
     import faiss
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     faiss.write_index(index, str(tmp / INDEX_FILE))
     mapping.save(tmp / MAPPING_FILE)
+    if global_index is not None:
+        global_index.save(tmp)
     atomic_write_json(tmp / META_FILE, meta.to_json())
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -309,13 +315,8 @@ def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[in
         mapping = _add_all(index, fs, Mapping.load(index_dir / MAPPING_FILE), only=set(new))
         meta.shards.update({i: fs.manifest.shards[i].sha256 for i in new})
         meta.num_vectors, meta.num_images = int(index.ntotal), len(mapping.image_ids)
-        global_index = None
-        if fs.global_model:  # exact and small: rebuilt whole rather than appended
-            from delfx.index.global_index import GlobalIndex
-            global_index = GlobalIndex.from_feature_set(fs)
-    _save(index_dir, index, mapping, meta)
-    if global_index is not None:
-        global_index.save(index_dir)
+        global_index = _global_index(fs)  # exact and small: rebuilt whole rather than appended
+    _save(index_dir, index, mapping, meta, global_index)
     return meta, new
 
 

@@ -11,7 +11,7 @@ with pixel centres at integer coordinates. In DELF's convention (`CalculateRecep
 i covers input pixels [stride * i - padding, stride * i - padding + size - 1], so
 padding = (size - 1) / 2 - centre_0 and the centre of cell i is stride * i - padding + (size - 1) / 2.
 
-Derivations (checked numerically against the real networks in tests/test_receptive_field.py):
+Derivations (checked numerically against the real networks in tests/nets/test_backbones.py):
 
 * VGG16 block4_conv3 (3x3 'same' convs, 2x2/2 pools): 2 convs at jump 1 -> 5; pool -> 6 (centre
   0.5, jump 2); 2 convs -> 14; pool -> 16 (centre 1.5, jump 4); 3 convs -> 40; pool -> 44 (centre

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import io
 import logging
@@ -19,9 +20,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from delfx.artifacts import has_format
+from delfx.artifacts import has_format, header
+from delfx.digests import file_sha256
 from delfx.errors import DelfxError
-from delfx.paths import write_directory_atomically
+from delfx.paths import atomic_write_bytes, atomic_write_json, write_directory_atomically
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,10 @@ log = logging.getLogger(__name__)
 CLASSIFIER_FORMAT = "delfx-classifier"
 GLOBAL_MODEL_FORMAT = "delfx-global-model"
 TRAINED_MODEL_FORMATS = (CLASSIFIER_FORMAT, GLOBAL_MODEL_FORMAT)
-TRAINED_MODEL_CONFIG = "config.json"
+# The files of a `delfx train` model directory (both families).
+MODEL_FILE, LABELS_FILE, CONFIG_FILE = "model.keras", "labels.json", "config.json"
+CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
+TRAINED_MODEL_CONFIG = CONFIG_FILE
 
 
 def is_trained_model_dir(directory: Path) -> bool:
@@ -120,6 +125,55 @@ def callbacks(monitor: str, *, lr_factor: float, lr_patience: int, min_learning_
         out.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
                                                  restore_best_weights=True, verbose=0))
     return out + [logger]
+
+
+@dataclass
+class Fit:
+    """What `fit_head` measured: the Keras history and what is read off it."""
+
+    history: dict[str, list]
+    monitor: str
+    epochs_run: int
+    best_epoch: int
+    samples_per_s: float
+    curves: dict[str, Any]
+
+
+def fit_head(model, config, train_ds, val_ds, train_samples: int) -> Fit:
+    """Train a compiled model the reference way: ReduceLROnPlateau and early stopping on the
+    validation loss (the training loss without a validation set), best weights restored, one
+    log line per epoch; the datasets shuffle themselves (seeded), Keras does not."""
+    monitor = "val_loss" if val_ds is not None else "loss"
+    logger = epoch_logger(config.epochs)
+    schedule = callbacks(monitor, lr_factor=config.lr_factor, lr_patience=config.lr_patience,
+                         min_learning_rate=config.min_learning_rate, patience=config.patience,
+                         logger=logger)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0,
+                        shuffle=False, callbacks=schedule).history
+    best_epoch = int(np.argmin(history[monitor])) + 1
+    return Fit(history, monitor, len(history.get("loss", [])), best_epoch,
+               round(logger.samples_per_second(train_samples), 2),
+               history_curves(history, monitor, best_epoch))
+
+
+def write_trained_model(directory: Path, model, labels, info: dict[str, Any],
+                        curves: dict[str, Any], format_name: str, version: int) -> dict[str, Any]:
+    """Write a `delfx train` model directory's files into `directory` (which must exist).
+
+    config.json comes last: its presence marks a complete directory. It records `info`, the
+    header, the sha256 of model.keras (what identifies the model, e.g. next to the global
+    descriptors it made in a feature set) and the creation time; returns what it holds.
+    """
+    directory = Path(directory)
+    model.save(directory / MODEL_FILE)
+    labels.save(directory / LABELS_FILE)
+    atomic_write_json(directory / CURVES_JSON, curves)
+    atomic_write_bytes(directory / CURVES_PNG, plot_curves(curves))
+    written = {**header(format_name, version), **info,
+               "model_hash": file_sha256(directory / MODEL_FILE),
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(directory / CONFIG_FILE, written)
+    return written
 
 
 def balanced_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:

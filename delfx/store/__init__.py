@@ -1,4 +1,4 @@
-"""The feature store: sharded HDF5 files (schema v1) plus a manifest. See docs/FORMAT.md.
+"""The feature store: sharded HDF5 files (schema v2) plus a manifest. See docs/FORMAT.md.
 
 Import what you need from here; `schema` is the one module that names the on-disk layout.
 """

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.support.cli import invoke, write_split_lists
 from delfx.cli import cli
 from delfx.recognition.calibration import Calibration, fit_logistic
 from delfx.errors import DelfxError
@@ -16,26 +17,16 @@ from delfx.errors import DelfxError
 pytestmark = pytest.mark.slow
 
 
-def _invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def pipeline(sample_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("classify")
     data = sample_dataset.root
-    for split in ("train", "query"):
-        ids = {row["id"] for row in csv.DictReader(open(data / f"{split}.csv"))}
-        rows = [i for i in sample_dataset.images if i.id in ids]
-        (root / f"{split}_list.csv").write_text(
-            "id,path\n" + "".join(f"{i.id},{data / i.path}\n" for i in rows))
+    write_split_lists(sample_dataset, root)
     common = ["--model", "rootsift", "--max-side", "320", "--no-ray"]
-    _invoke("extract", root / "train_list.csv", root / "gallery", "--shards", "2", *common)
-    _invoke("extract", root / "query_list.csv", root / "queries", "--shards", "1", *common)
-    _invoke("build-index", root / "gallery", root / "index")
-    _invoke("train", root / "gallery", data / "train.csv", root / "classifier", "--epochs", "60",
+    invoke("extract", root / "train_list.csv", root / "gallery", "--shards", "2", *common)
+    invoke("extract", root / "query_list.csv", root / "queries", "--shards", "1", *common)
+    invoke("build-index", root / "gallery", root / "index")
+    invoke("train", root / "gallery", data / "train.csv", root / "classifier", "--epochs", "60",
             "--validation-share", "0.25", "--seed", "0")
     return root
 
@@ -45,7 +36,7 @@ def test_every_mode_end_to_end(sample_dataset, pipeline, mode):
     root, data = pipeline, sample_dataset.root
     out, evidence, calibration = (root / f"{mode}.csv", root / f"{mode}.jsonl",
                                   root / f"{mode}_calibration.json")
-    summary = json.loads(_invoke("classify", root / "gallery", data / "train.csv", root / "queries",
+    summary = json.loads(invoke("classify", root / "gallery", data / "train.csv", root / "queries",
                                  "--out", out, "--mode", mode, "--classifier", root / "classifier",
                                  "--index", root / "index", "--calibrate", "--calibration",
                                  calibration, "--evidence", evidence))
@@ -53,18 +44,21 @@ def test_every_mode_end_to_end(sample_dataset, pipeline, mode):
     assert summary["calibrated"] and Calibration.load(calibration).names
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == summary["queries"]
-    for row in rows:  # Kaggle form: "label score" or empty
-        if row["landmarks"]:
-            label, score = row["landmarks"].split(" ")
-            assert 0.0 <= float(score) <= 1.0
+    answered = [row for row in rows if row["landmarks"]]
+    assert len(answered) >= 4  # at least the 4 landmark queries are answered
+    for row in answered:  # Kaggle form: "label score" (calibrated: a probability)
+        label, score = row["landmarks"].split(" ")
+        assert label and 0.0 <= float(score) <= 1.0
     lines = [json.loads(line) for line in open(evidence)]
     assert len(lines) == len(rows) and all("candidates" in line for line in lines)
-    report = json.loads(_invoke("evaluate", out, data / "query.csv", "--report", root / f"report_{mode}"))
+    report = json.loads(invoke("evaluate", out, data / "query.csv", "--report", root / f"report_{mode}"))
     print(mode, report)
     assert (root / f"report_{mode}" / "report.md").is_file()
     assert (root / f"report_{mode}" / "per_class.png").is_file()
-    floor = {"retrieval": 0.9, "fused": 0.9, "classifier": 0.3}[mode]
-    assert report["top1"] >= floor and report["gap"] >= floor * 0.8
+    # 4 landmarks: chance top-1 is 0.25. Measured: top-1 1.0 in every mode; GAP 1.0 for
+    # retrieval and fused, 0.50 for the classifier alone (it answers the distractors confidently).
+    assert report["top1"] >= 0.75
+    assert report["gap"] >= {"retrieval": 0.9, "fused": 0.9, "classifier": 0.4}[mode]
 
 
 def test_calibration_fit_and_refusals(tmp_path):
@@ -85,7 +79,7 @@ def test_calibration_fit_and_refusals(tmp_path):
 
 def test_calibration_refused_without_held_out_images(sample_dataset, pipeline):
     root, data = pipeline, sample_dataset.root
-    _invoke("train", root / "gallery", data / "train.csv", root / "no_validation", "--epochs", "3",
+    invoke("train", root / "gallery", data / "train.csv", root / "no_validation", "--epochs", "3",
             "--validation-share", "0")
     result = CliRunner().invoke(cli, ["classify", str(root / "gallery"), str(data / "train.csv"),
                                       str(root / "queries"), "--out", str(root / "x.csv"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broken_images import write_broken_images, write_good_images
+from tests.support.broken_images import write_broken_images, write_good_images
 from delfx.store import FeatureSet, shard_file_name, verify
 
 pytestmark = pytest.mark.slow

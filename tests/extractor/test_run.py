@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from broken_images import write_broken_images, write_good_images
+from tests.support.broken_images import write_broken_images, write_good_images
 from delfx.config import ExtractConfig
 from delfx.extractor.base import FeatureModel
 from delfx.extractor.run import EXTRACTION_ERROR, extract_items
@@ -85,25 +84,6 @@ def test_model_error_fails_only_that_image(tmp_path):
     assert [r.ok for r in records] == [True, False, True, True]
     assert records[1].reason == EXTRACTION_ERROR and "boom" in records[1].message
     assert (records[1].height, records[1].width) == (31, 40)
-
-
-def test_list_files(tmp_path):
-    from PIL import Image
-    (tmp_path / "imgs").mkdir()
-    for name in ("a.jpg", "b.png"):
-        Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / name)
-    (tmp_path / "list.csv").write_text("id,path\nfirst,imgs/a.jpg\nsecond,imgs/b.png\n")
-    (tmp_path / "list.txt").write_text("imgs/b.png\n# comment\nimgs/a.jpg\n")
-    assert [(i.image_id, i.path) for i in list_images(tmp_path / "list.csv")] == [
-        ("first", str(tmp_path / "imgs/a.jpg")), ("second", str(tmp_path / "imgs/b.png"))]
-    assert [i.image_id for i in list_images(tmp_path / "list.txt")] == ["imgs/a.jpg", "imgs/b.png"]
-    assert [i.image_id for i in list_images(tmp_path / "imgs")] == ["a.jpg", "b.png"]
-    (tmp_path / "dup.csv").write_text("id,path\nx,imgs/a.jpg\nx,imgs/b.png\n")
-    from delfx.errors import DelfxError
-    with pytest.raises(DelfxError, match="appears twice"):
-        list_images(tmp_path / "dup.csv")
-    with pytest.raises(DelfxError, match="not found"):
-        list_images(tmp_path / "nope")
 
 
 def test_real_models_on_sample_data(sample_dataset):
