@@ -35,7 +35,7 @@ def _job(items, config, out: Path, executor, shards: int, repeats: int = 1) -> d
         # The job stops the executor it was given; starting it here first keeps Ray's start-up
         # out of the job's time (and reported on its own) for every repeat.
         start = time.perf_counter()
-        executor.start()
+        executor.start(config)
         startups.append(time.perf_counter() - start)
         start = time.perf_counter()
         summary = run_extraction(items, config, out / f"run{i}", shards, executor, progress=False)
