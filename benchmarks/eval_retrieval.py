@@ -180,7 +180,7 @@ def indexed_search(feature_dir: Path, index_dir: Path) -> dict[str, Any]:
         results_iter = search_many(queries, index, gallery, config, exclude_self=True)
         for query in queries:
             start = time.perf_counter()
-            results = next(results_iter)
+            _, results = next(results_iter)
             per_query.append(time.perf_counter() - start)
             ranked[query.image_id] = [(r.gallery_id, r.inliers) for r in results]
         # The shortlist again (vote is deterministic), outside the search timing: which gallery

@@ -20,7 +20,9 @@ log = logging.getLogger("delfx")
 
 
 class DelfxGroup(click.Group):
-    """Turns domain errors into a one-line message and exit code 1, Ctrl-C into exit 130."""
+    """Every failure ends as one line on stderr and an exit status, never a traceback:
+    domain errors and system errors (a full disk, a permission) exit 1, Ctrl-C 130, anything
+    unforeseen 1 with a line saying it is a delfx bug (`-v` shows the traceback)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,6 +32,26 @@ class DelfxGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except OSError as exc:
+            raise click.ClickException(describe_os_error(exc)) from None
+        except Exception as exc:
+            if ctx.params.get("verbose", 0) >= 1:
+                raise
+            log.debug("unexpected error", exc_info=True)
+            raise click.ClickException(f"unexpected error {type(exc).__name__}: {exc} (a delfx "
+                                       f"bug: please report it; -v shows the traceback)") from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'path: No space left on device' from an OSError, whichever library raised it."""
+    import errno as errnos
+    text = exc.strerror or str(exc)
+    if exc.errno in (errnos.ENOSPC, errnos.EDQUOT):
+        text = "no space left on the device (free space, then run again: finished work is kept)"
+    where = exc.filename or ""
+    return f"{where}: {text}" if where else text
 
 
 def configure_logging(verbosity: int) -> None:

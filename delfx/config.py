@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ class ExtractConfig:
     preset: str = field(default="delf", compare=True)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.image_size is not None and self.image_size < 16:
             raise DelfxError(f"image_size must be >= 16, got {self.image_size}")
         if self.max_side is not None and self.max_side < 16:
@@ -94,6 +96,40 @@ class ExtractConfig:
         if self.batch_size > 1 and self.image_size is None:
             raise DelfxError("batch_size > 1 needs image_size (images of one shape), "
                              "e.g. the seed128 preset")
+        if self.descriptor_dim < 0:
+            raise DelfxError(f"descriptor_dim must be >= 0 (0 keeps the raw dimension), got "
+                             f"{self.descriptor_dim}")
+        if self.max_pixels < 1 or self.min_side < 1:
+            raise DelfxError(f"max_pixels and min_side must be >= 1, got {self.max_pixels}, "
+                             f"{self.min_side}")
+        if not math.isfinite(self.score_threshold):
+            raise DelfxError(f"score_threshold must be a finite number, got {self.score_threshold}")
+        if self.model not in MODEL_NAMES:
+            raise DelfxError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+    def _check_types(self) -> None:
+        """Every field of the type it must have (a config file can say anything)."""
+        integer = ("max_features", "descriptor_dim", "batch_size", "max_pixels", "min_side")
+        optional_integer = ("image_size", "max_side")
+        text = ("model", "descriptor_dtype", "precision", "preset")
+        optional_text = ("model_path", "pca_path")
+        for name in integer + optional_integer:
+            value = getattr(self, name)
+            if value is None and name in optional_integer:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DelfxError(f"config {name} must be an integer, got {value!r}")
+        for name in text + optional_text:
+            value = getattr(self, name)
+            if not (isinstance(value, str) or (value is None and name in optional_text)):
+                raise DelfxError(f"config {name} must be a string, got {value!r}")
+        value = self.score_threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DelfxError(f"config score_threshold must be a number, got {value!r}")
+        if not isinstance(self.scales, tuple) or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+                for s in self.scales):
+            raise DelfxError(f"config scales must be a list of finite numbers, got {self.scales!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

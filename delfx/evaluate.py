@@ -1,41 +1,84 @@
 """`delfx evaluate`: GAP and accuracy of a Kaggle-form submission against true labels, with a
-Markdown + PNG report."""
+Markdown + PNG report.
+
+Every query of the truth file counts: a query the submission leaves out is an unanswered query
+(it adds nothing to GAP's sum and still counts in its M), exactly as Kaggle scores a missing
+row. The coverage (queries answered, submitted, missing) is reported beside GAP, so a
+submission that answers few queries can never read as a good one.
+"""
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from delfx.errors import DelfxError
 from delfx.metrics import Prediction, accuracy, gap, per_class
+from delfx.paths import atomic_text_output
 
 
 def read_submission(path: Path) -> list[Prediction]:
-    """`id,landmarks` rows; landmarks is "label score" or empty (no prediction)."""
-    predictions = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"id", "landmarks"} <= set(reader.fieldnames):
-            raise DelfxError(f"{path}: expected the Kaggle columns id,landmarks")
+    """`id,landmarks` rows; landmarks is "label score" (one prediction) or empty (none).
+
+    Raises:
+        DelfxError: not UTF-8, no id,landmarks header, a duplicate id (with both lines), a value
+            that is not one "label score", a score that is not a finite number >= 0.
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise DelfxError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DelfxError(f"{path}: not UTF-8 text (byte at offset {exc.start}); a submission is "
+                         f"a UTF-8 CSV") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        fields = [f.strip() for f in reader.fieldnames or []]
+        if not {"id", "landmarks"} <= set(fields):
+            raise DelfxError(f"{path}: expected the Kaggle columns id,landmarks, found {fields}")
+        reader.fieldnames = fields
+        predictions, first_line = [], {}
         for row in reader:
-            value = (row["landmarks"] or "").strip()
-            if not value:
-                predictions.append(Prediction(row["id"], None, 0.0))
-                continue
-            label, _, score = value.rpartition(" ")
-            try:
-                predictions.append(Prediction(row["id"], label, float(score)))
-            except ValueError:
-                raise DelfxError(f"{path}: bad landmarks value {value!r} for {row['id']} "
-                                 f"(expected 'label score')") from None
+            line = reader.line_num
+            query = (row["id"] or "").strip()
+            if not query:
+                raise DelfxError(f"{path}:{line}: empty id")
+            if query in first_line:
+                raise DelfxError(f"{path}:{line}: id {query!r} appears twice (first on line "
+                                 f"{first_line[query]}): one row per query")
+            first_line[query] = line
+            predictions.append(_prediction(path, line, query, (row["landmarks"] or "").strip()))
+    except csv.Error as exc:
+        raise DelfxError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
     return predictions
 
 
+def _prediction(path: Path, line: int, query: str, value: str) -> Prediction:
+    if not value:
+        return Prediction(query, None, 0.0)
+    parts = value.split()
+    if len(parts) != 2:
+        raise DelfxError(f"{path}:{line}: landmarks {value!r} for {query!r}: expected one "
+                         f"'label score' (GAP scores one prediction per query)")
+    label, text = parts
+    try:
+        score = float(text)
+    except ValueError:
+        raise DelfxError(f"{path}:{line}: score {text!r} for {query!r} is not a number") from None
+    if not math.isfinite(score) or score < 0:
+        raise DelfxError(f"{path}:{line}: score {text!r} for {query!r}: scores must be finite "
+                         f"numbers >= 0 (they rank every prediction of the submission)")
+    return Prediction(query, label, score)
+
+
 def write_submission(path: Path, predictions: list[Prediction]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    """The Kaggle form, written atomically (a failed run leaves no half submission)."""
+    with atomic_text_output(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "landmarks"])
         for p in predictions:
@@ -43,16 +86,22 @@ def write_submission(path: Path, predictions: list[Prediction]) -> None:
 
 
 def evaluate(predictions: list[Prediction], truth: dict[str, str | None]) -> dict[str, Any]:
-    missing = [p.query for p in predictions if p.query not in truth]
-    if missing:
-        raise DelfxError(f"{len(missing)} predicted ids have no true label (e.g. {missing[0]!r})")
-    covered = {p.query for p in predictions}
-    truth = {q: label for q, label in truth.items() if q in covered}
+    """GAP, accuracy and coverage over every query of `truth` (see the module docstring)."""
+    unknown = [p.query for p in predictions if p.query not in truth]
+    if unknown:
+        raise DelfxError(f"{len(unknown)} predicted ids are not in the truth file (e.g. "
+                         f"{unknown[0]!r}): is it the right one?")
     try:
         value = gap(predictions, truth)
     except ValueError as exc:
         raise DelfxError(f"cannot compute GAP: {exc}") from None
-    return {"gap": value, **accuracy(predictions, truth),
+    submitted = {p.query for p in predictions}
+    answered = sum(1 for p in predictions if p.label)
+    missing = [q for q in truth if q not in submitted]
+    coverage = {"queries": len(truth), "submitted": len(submitted), "answered": answered,
+                "missing": len(missing), "missing_examples": sorted(missing)[:5],
+                "answered_share": answered / len(truth) if truth else 0.0}
+    return {"gap": value, **accuracy(predictions, truth), "coverage": coverage,
             "per_class": per_class(predictions, truth), "queries": len(truth)}
 
 
@@ -78,6 +127,9 @@ def write_report(report: dict[str, Any], out_dir: Path, title: str = "delfx eval
              f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}", "",
              "| metric | value |", "|---|---|",
              f"| GAP | {report['gap']:.4f} |", f"| top-1 accuracy | {report['top1']:.4f} |",
+             f"| queries answered / in the truth file | {report['coverage']['answered']} / "
+             f"{report['coverage']['queries']} ({report['coverage']['missing']} not in the "
+             f"submission) |",
              f"| non-landmark queries left unanswered | {report['non_landmark_rejection']:.4f} |",
              f"| landmark / non-landmark queries | {report['landmark_queries']} / "
              f"{report['non_landmark_queries']} |", "",

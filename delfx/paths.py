@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TextIO
 
 from delfx.errors import StoreError
 
@@ -44,8 +47,30 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else by the
+    set-and-restore dance under a lock."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    """Write `data` to `path` so that readers see either the old file or the whole new one.
+
+    The file gets the permissions any file created by the user would (0666 minus the umask):
+    mkstemp's private 0600 would hide a manifest from a group that can read the shards.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -53,6 +78,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,6 +90,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     """Atomically write `obj` as indented, key-sorted JSON (stable diffs, human-readable)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def foreign_entries(directory: Path, known: set[str]) -> list[str]:
+    """Names in `directory` that are not among `known` (a folder delfx may replace holds only
+    files it wrote: anything else belongs to someone and must not be deleted with it)."""
+    return sorted(p.name for p in Path(directory).iterdir() if p.name not in known)
 
 
 def write_directory_atomically(out_dir: Path, write: Callable[[Path], None],
@@ -93,3 +125,25 @@ def write_directory_atomically(out_dir: Path, write: Callable[[Path], None],
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_text_output(path: Path | None) -> Iterator[TextIO]:
+    """A text handle for a command's output: stdout when `path` is None, else a temporary file
+    beside `path` that replaces it only when the block ends without error (a failed or
+    interrupted run leaves the old file, or none, never half a file)."""
+    if path is None:
+        yield sys.stdout
+        return
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -70,3 +70,11 @@ def _import_with_stderr_captured() -> str:
             os.close(saved)
         sink.seek(0)
         return sink.read().decode("utf-8", "replace")
+
+
+def import_keras():
+    """`import keras`, TensorFlow first through `import_tensorflow` (Keras would import it
+    noisily otherwise)."""
+    import_tensorflow()
+    import keras
+    return keras

@@ -24,7 +24,7 @@ from delfx.labels import read_labels
 from delfx.nets.heads import compile_head
 from delfx.nets.training import (TrainResult, balanced_weights, check_output_dir, fit_head,
                                  is_trained_model_dir, write_model_dir)
-from delfx.store import FeatureSet
+from delfx.store import FeatureSet, require_intact
 from delfx.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def train_classifier(feature_dir: str | Path, labels_csv: str | Path, out_dir: s
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite, is_trained_model_dir, WHAT)
     labels = read_labels(labels_csv)
+    require_intact(Path(feature_dir))  # train on what was written, sha256 checked
     with FeatureSet(Path(feature_dir), require_complete=False) as fs:
         if not fs.manifest.complete:
             log.warning("feature set %s is incomplete (shards missing: %s): training on the "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from delfx.commands.options import extract_config_options, resolve_config
+from delfx.commands.options import POSITIVE, RATE, SHARE, extract_config_options, resolve_config
 
 log = logging.getLogger("delfx")
 
@@ -19,9 +19,9 @@ log = logging.getLogger("delfx")
 @click.argument("images", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the PCA (HDF5).")
-@click.option("--dim", default=40, help="Components to keep.")
+@click.option("--dim", type=POSITIVE, default=40, help="Components to keep.")
 @click.option("--whiten", is_flag=True, help="Also learn whitening (divide by sqrt(variance)).")
-@click.option("--max-images", type=int, default=1000, help="Sample at most this many images.")
+@click.option("--max-images", type=POSITIVE, default=1000, help="Sample at most this many images.")
 @click.option("--seed", default=0)
 @extract_config_options
 def fit_pca(images: Path, out: Path, dim: int, whiten: bool, max_images: int, seed: int,
@@ -59,13 +59,13 @@ def export_model(out_dir: Path, overwrite: bool, **kwargs) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--finetune-last-block", is_flag=True,
               help="Also train VGG16 block4 (the paper's first stage); default: backbone frozen.")
-@click.option("--epochs", type=int, default=30)
-@click.option("--batch-size", type=int, default=32)
-@click.option("--learning-rate", type=float, default=1e-3, help="Adam; halved on plateaus.")
-@click.option("--crops-per-image", type=int, default=8, help="Random multi-scale crops per image.")
-@click.option("--crop-size", type=int, default=192, help="Side of the crops, in pixels.")
-@click.option("--max-side", type=int, default=512, help="Downscale images to this long side first.")
-@click.option("--validation-share", type=float, default=0.2)
+@click.option("--epochs", type=POSITIVE, default=30)
+@click.option("--batch-size", type=POSITIVE, default=32)
+@click.option("--learning-rate", type=RATE, default=1e-3, help="Adam; halved on plateaus.")
+@click.option("--crops-per-image", type=POSITIVE, default=8, help="Random multi-scale crops per image.")
+@click.option("--crop-size", type=click.IntRange(32), default=192, help="Side of the crops, in pixels.")
+@click.option("--max-side", type=click.IntRange(32), default=512, help="Downscale images to this long side first.")
+@click.option("--validation-share", type=SHARE, default=0.2)
 @click.option("--seed", type=int, default=0)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier train-delf model directory.")
 def train_delf(images: Path, labels_csv: Path, out_dir: Path, finetune_last_block: bool,
@@ -93,16 +93,18 @@ def train_delf(images: Path, labels_csv: Path, out_dir: Path, finetune_last_bloc
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--shards", default=8, help="Number of HDF5 shards (fixed per output folder).")
+@click.option("--shards", type=POSITIVE, default=8, help="Number of HDF5 shards (fixed per output folder).")
 @click.option("--address", default=None, help="Join this Ray cluster (or set RAY_ADDRESS); "
               "default: start a local Ray instance on 127.0.0.1.")
-@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance [all].")
-@click.option("--workers", type=int, default=None, help="Workers [as many as the cluster holds].")
-@click.option("--cpus-per-worker", type=float, default=1.0)
-@click.option("--gpus-per-worker", type=float, default=None,
+@click.option("--num-cpus", type=POSITIVE, default=None, help="CPUs of the local Ray instance [all].")
+@click.option("--workers", type=POSITIVE, default=None, help="Workers [as many as the cluster holds].")
+@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=1.0)
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
               help="GPUs per worker [1 when the cluster has GPUs and the model uses TensorFlow, else 0].")
-@click.option("--chunk-size", default=16, help="Images per task.")
-@click.option("--max-retries", default=2, help="Retries of a chunk whose worker died.")
+@click.option("--chunk-size", type=POSITIVE, default=16, help="Images per task.")
+@click.option("--max-retries", type=click.IntRange(0), default=2, help="Retries of a chunk whose worker died.")
+@click.option("--stall-timeout", type=click.FloatRange(1), default=1800.0,
+              help="Stop (resumably, exit 2) when no chunk finishes for this many seconds.")
 @click.option("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
 @click.option("--no-ray", is_flag=True, help="Run in this process, without Ray (debugging).")
 @click.option("--json", is_flag=True, help="Print the summary as JSON.")
@@ -113,7 +115,8 @@ def train_delf(images: Path, labels_csv: Path, out_dir: Path, finetune_last_bloc
 @click.pass_context
 def extract(ctx: click.Context, input_path: Path, out_dir: Path, shards: int, address: str | None,
             num_cpus: int | None, workers: int | None, cpus_per_worker: float,
-            gpus_per_worker: float | None, chunk_size: int, max_retries: int, overwrite: bool,
+            gpus_per_worker: float | None, chunk_size: int, max_retries: int, stall_timeout: float,
+            overwrite: bool,
             no_ray: bool, json: bool, global_model: str | None, **kwargs) -> None:
     """Extract local features of INPUT (a folder, or a CSV/list file) into OUT_DIR.
 
@@ -134,7 +137,8 @@ def extract(ctx: click.Context, input_path: Path, out_dir: Path, shards: int, ad
     # Ray prints worker-death notices with print(): keep stdout for our data alone.
     with contextlib.redirect_stdout(sys.stderr):
         summary = run_extraction(items, config, out_dir, shards, executor, overwrite=overwrite,
-                                 chunk_size=chunk_size, max_retries=max_retries, workers=workers)
+                                 chunk_size=chunk_size, max_retries=max_retries, workers=workers,
+                                 stall_timeout=stall_timeout)
     if json:
         click.echo(jsonlib.dumps(summary.to_json(), indent=2, sort_keys=True))
     else:

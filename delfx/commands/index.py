@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from delfx.commands.options import extract_config_options, resolve_config
+from delfx.commands.options import POSITIVE, RATE, extract_config_options, resolve_config
 from delfx.config import RANSAC_MODELS
 
 log = logging.getLogger("delfx")
@@ -20,8 +19,8 @@ log = logging.getLogger("delfx")
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--factory", default="auto", help="FAISS factory string; auto: Flat below 200k "
               "vectors, else IVF<~4 sqrt(n)>,PQ20.")
-@click.option("--nprobe", default=16, help="IVF lists searched per query (saved as default).")
-@click.option("--train-size", type=int, default=None, help="Training sample [64 x lists, >= 100k].")
+@click.option("--nprobe", type=POSITIVE, default=16, help="IVF lists searched per query (saved as default).")
+@click.option("--train-size", type=POSITIVE, default=None, help="Training sample [64 x lists, >= 100k].")
 @click.option("--update", is_flag=True, help="Add the shards completed since the index was built.")
 @click.option("--overwrite", is_flag=True)
 def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe: int,
@@ -44,12 +43,12 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
 @click.argument("queries", type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File [stdout].")
-@click.option("--k", default=10, help="Nearest gallery keypoints per query descriptor.")
-@click.option("--max-distance", default=1.0, help="L2 distance under which a neighbour votes.")
-@click.option("--shortlist", default=30, help="Candidates verified per query.")
-@click.option("--top", default=10, help="Results per query.")
+@click.option("--k", type=POSITIVE, default=10, help="Nearest gallery keypoints per query descriptor.")
+@click.option("--max-distance", type=click.FloatRange(0), default=1.0, help="L2 distance under which a neighbour votes.")
+@click.option("--shortlist", type=POSITIVE, default=30, help="Candidates verified per query.")
+@click.option("--top", type=POSITIVE, default=10, help="Results per query.")
 @click.option("--ransac", type=click.Choice(RANSAC_MODELS), default="affine")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=RATE, default=None,
               help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
 @click.option("--exclude-self", is_flag=True, help="Skip gallery images with the query's id.")
 @click.option("--global-shortlist", is_flag=True, help="Shortlist the --shortlist gallery images "
@@ -62,26 +61,27 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
     the gallery's own model and config)."""
     import csv as csvlib
-    from delfx.index.search import run_search
+    from delfx.index.search import RESULT_FIELDS, run_search
+    from delfx.paths import atomic_text_output
     settings = dict(k=k, max_distance=max_distance, shortlist=shortlist, top=top, ransac=ransac,
                     relative_threshold=threshold)
     results = run_search(index_dir, gallery_dir, queries, settings, exclude_self=exclude_self,
                          global_shortlist=global_shortlist, global_model_dir=global_model_dir)
-    handle = open(out, "w", newline="") if out else sys.stdout
-    try:
+    with atomic_text_output(out) as handle:
         writer = csvlib.writer(handle) if fmt == "csv" else None
         if writer:
-            writer.writerow(["query", "rank", "gallery_id", "inliers", "votes", "matches", "score"])
-        for query_results in results:
-            for r in query_results:
+            writer.writerow(RESULT_FIELDS)
+        for query, query_results in results:
+            # One row per query at least, so outputs line up with inputs: an empty one when a
+            # query found nothing (or could not be extracted).
+            rows = [r.to_json() for r in query_results] or [
+                {name: (query if name == "query" else None) for name in RESULT_FIELDS}]
+            for row in rows:
                 if writer:
-                    writer.writerow([r.query, r.rank, r.gallery_id, r.inliers, r.votes, r.matches, r.score])
+                    writer.writerow(["" if row[n] is None else row[n] for n in RESULT_FIELDS])
                 else:
-                    handle.write(jsonlib.dumps(r.to_json()) + "\n")
+                    handle.write(jsonlib.dumps(row) + "\n")
             handle.flush()
-    finally:
-        if out:
-            handle.close()
 
 
 @click.command()
@@ -89,7 +89,7 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="PNG to draw.")
 @click.option("--ransac", type=click.Choice(RANSAC_MODELS), default="affine")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=RATE, default=None,
               help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
 @extract_config_options
 def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold: float | None,

@@ -29,7 +29,7 @@ def extract_config_options(func):
         click.option("--image-size", type=int, default=None, help="Squash images to this square size."),
         click.option("--max-side", type=int, default=None, help="Downscale so the long side is at most this."),
         click.option("--scales", default=None, help="Pyramid scales, comma-separated."),
-        click.option("--score-threshold", type=float, default=None),
+        click.option("--score-threshold", type=FINITE, default=None),
         click.option("--max-features", type=int, default=None),
         click.option("--descriptor-dim", type=int, default=None, help="0 keeps raw descriptors."),
         click.option("--descriptor-dtype", type=click.Choice(["float16", "float32"]), default=None),
@@ -52,3 +52,26 @@ def resolve_config(kwargs: dict):
         except ValueError:
             raise click.BadParameter(f"--scales: {overrides['scales']!r} is not a list of numbers")
     return resolve_extract_config(kwargs.pop("preset"), kwargs.pop("config_file"), overrides)
+
+
+# Ranges of numeric options: a bad value is a one-line usage error (exit 2), never a crash.
+POSITIVE = click.IntRange(1)
+RATE = click.FloatRange(0, min_open=True)
+SHARE = click.FloatRange(0, 1, max_open=True)
+
+
+class _Finite(click.ParamType):
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        import math
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = _Finite()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from delfx.commands.options import FINITE, POSITIVE
 from delfx.config import CLASSIFIER_HEADS, CLASSIFY_MODES, TRAIN_MODEL_NAMES
 
 
@@ -88,7 +89,7 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
 @click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
               path_type=Path), help="GeM model that embeds query images (shortlist mode; the "
               "gallery's global model).")
-@click.option("--shortlist", type=int, default=30, help="Gallery images verified per query "
+@click.option("--shortlist", type=POSITIVE, default=30, help="Gallery images verified per query "
               "(shortlist mode).")
 @click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="From `delfx build-index` on GALLERY_DIR (retrieval and fused modes).")
@@ -98,8 +99,8 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               "the labelled gallery (the classifier's validation images in classifier/fused mode).")
 @click.option("--evidence", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON lines with each query's candidates and evidence.")
-@click.option("--min-score", type=float, default=0.0, help="No prediction below this score.")
-@click.option("--top-k", type=int, default=3, help="Classifier proposals verified (fused).")
+@click.option("--min-score", type=FINITE, default=0.0, help="No prediction below this score.")
+@click.option("--top-k", type=POSITIVE, default=3, help="Classifier proposals verified (fused).")
 def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
              classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
              calibrate: bool, evidence: Path | None, min_score: float, top_k: int,

@@ -54,14 +54,24 @@ def verify(feature_dir: Path, no_checksum: bool) -> None:
 @click.command()
 @click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", is_flag=True, help="Machine-readable JSON instead of text.")
-def inspect(feature_dir: Path, json: bool) -> None:
-    """Summarise a feature set: images, failures by reason, features per image, size, model."""
+@click.option("--no-checksum", is_flag=True, help="Skip re-hashing the shards (structure only).")
+def inspect(feature_dir: Path, json: bool, no_checksum: bool) -> None:
+    """Summarise a feature set: images, failures by reason, features per image, size, model.
+
+    The shards are verified on the way (as `delfx verify`); exit status 1 when one is damaged.
+    """
     from delfx.store import inspect as inspect_store
-    summary = inspect_store(feature_dir)
+    summary = inspect_store(feature_dir, checksum=not no_checksum)
     if json:
         click.echo(jsonlib.dumps(summary, indent=2, sort_keys=True))
-        return
-    click.echo(_format_summary(summary))
+    else:
+        click.echo(_format_summary(summary))
+    problems = summary["integrity"]["problems"]
+    if problems:
+        for problem in problems:
+            click.echo(f"PROBLEM {problem}", err=True)
+        raise click.ClickException(f"{feature_dir}: {len(problems)} damaged shard(s) (the "
+                                   f"summary leaves them out); run delfx verify")
 
 
 def _format_summary(s: dict) -> str:
@@ -81,5 +91,9 @@ def _format_summary(s: dict) -> str:
     if s.get("global"):
         g = s["global"]
         lines.append(f"global        {g['dim']}-d {g['id']} ({str(g['hash'])[:12]})")
+    integrity = s["integrity"]
+    lines.append("integrity     " + ("ok" if integrity["ok"] else
+                                     f"DAMAGED ({len(integrity['problems'])} problem(s))")
+                 + ("" if integrity["checked_sha256"] else " (structure only, no sha256)"))
     lines.append("config        " + jsonlib.dumps(s["config"], sort_keys=True))
     return "\n".join(lines)

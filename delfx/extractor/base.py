@@ -52,9 +52,15 @@ class FeatureModel(abc.ABC):
         """The config fields that change this model's output (recorded and hashed)."""
         return self.config.to_dict()
 
+    @property
+    def unit_norm(self) -> bool:
+        """Whether every descriptor this model writes has unit L2 norm (recorded in the
+        manifest; readers then refuse a stored descriptor that does not: it is damaged)."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "id": self.model_id, "hash": self.model_hash,
-                "descriptor_dim": self.descriptor_dim}
+                "descriptor_dim": self.descriptor_dim, "unit_norm": self.unit_norm}
 
     @abc.abstractmethod
     def _extract(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -94,6 +94,10 @@ class DelfModel(FeatureModel):
         parts = [self.network.weights_digest(), self.pca.digest() if self.pca is not None else ""]
         return combined_sha256(parts)
 
+    @property
+    def unit_norm(self) -> bool:
+        return self.pca is not None  # PCA post-processing ends with L2; raw cells are not unit
+
     def output_config(self) -> dict[str, Any]:
         data = self.config.to_dict()
         data.pop("batch_size")  # batching does not change the features

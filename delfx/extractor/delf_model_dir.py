@@ -22,6 +22,7 @@ from delfx.paths import atomic_write_json
 MODEL_JSON = "delf_model.json"
 MODEL_FORMAT, MODEL_VERSION = "delfx-delf-model", 1
 ATTENTION_FILE, BACKBONE_FILE, PCA_FILE = "attention.weights.h5", "backbone.weights.h5", "pca.h5"
+MODEL_DIR_FILES = {MODEL_JSON, ATTENTION_FILE, BACKBONE_FILE, PCA_FILE, "curves.json", "curves.png"}
 
 
 def is_model_dir(folder: Path) -> bool:

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def build_attention_head(channels: int):
     """DELF's attention: conv1x1(512) -> BN -> ReLU -> conv1x1(1) -> softplus."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     from keras import layers
     features = keras.Input((None, None, channels), name="features")
     x = layers.Conv2D(512, 1, name="attention_conv1")(features)
@@ -52,7 +53,8 @@ class DelfNetwork:
                  attention_weights: str | None = None, precision: str = "float32"):
         from delfx.tf_quiet import import_tensorflow
         import_tensorflow()
-        import keras
+        from delfx.tf_quiet import import_keras
+        keras = import_keras()
         if backbone not in BACKBONES:
             raise DelfxError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
         self.spec = BACKBONES[backbone]

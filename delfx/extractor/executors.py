@@ -24,6 +24,16 @@ class WorkerDied(Exception):
     """The worker process running a chunk is gone (killed, crashed, node lost)."""
 
 
+class ClusterLost(Exception):
+    """Ray itself can no longer run work (a dead raylet or GCS, an unreachable cluster)."""
+
+
+# Bounds on every wait on Ray, so that a dead cluster can never hang the driver: a worker that
+# has not loaded its model in this time is given up, and so is a cluster that answers nothing.
+START_TIMEOUT_S = 900
+CALL_TIMEOUT_S = 60
+
+
 class ExtractWorker:
     """Holds one loaded model and extracts chunks of images (the body of a Ray actor)."""
 
@@ -100,6 +110,9 @@ class InProcessExecutor:
     def replace(self, worker):
         return worker
 
+    def health(self) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -124,6 +137,7 @@ class RayExecutor:
         self.gpus_per_worker = gpus_per_worker
         self.verbosity = verbosity
         self.started_here = False
+        self.lost = False
         self._actor_class = None
 
     def start(self, config: ExtractConfig) -> None:
@@ -146,6 +160,11 @@ class RayExecutor:
         else:
             cpus = self.num_cpus or os.cpu_count() or 1
             log.info("starting a local Ray instance (%d CPUs, 127.0.0.1 only)", cpus)
+            if self.verbosity < 1:
+                # Ray warns that it turned token authentication on: for delfx's own private,
+                # loopback-only instance that is not news the user must act on.
+                logging.getLogger("ray._private.authentication.authentication_token_setup"
+                                  ).setLevel(logging.ERROR)
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
             self.started_here = True
         if self.gpus_per_worker is None:
@@ -173,13 +192,22 @@ class RayExecutor:
     def workers(self, count: int) -> list:
         return [self._new_worker() for _ in range(min(count, self.capacity()))]
 
-    def describe(self, worker) -> dict[str, Any]:
+    def describe(self, worker, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
         import ray
+        from delfx.errors import DelfxError
         try:
-            return ray.get(worker.describe.remote())
+            return ray.get(worker.describe.remote(), timeout=timeout)
         except ray.exceptions.RayActorError as exc:
-            from delfx.errors import DelfxError
+            try:
+                self.health()
+            except ClusterLost as lost:
+                raise DelfxError(f"{lost} while the workers started: nothing was written; run "
+                                 f"again to resume") from None
             raise DelfxError(f"a worker could not start the model: {_cause(exc)}") from None
+        except ray.exceptions.GetTimeoutError:
+            self.health()
+            raise DelfxError(f"a worker did not start its model within {timeout:.0f} s (is the "
+                             f"cluster short of resources?)") from None
 
     def submit(self, worker, items: list[ImageItem]):
         return worker.process.remote([(i.image_id, i.path) for i in items])
@@ -192,10 +220,14 @@ class RayExecutor:
     def result(self, handle) -> list:
         import ray
         try:
-            return ray.get(handle)
+            return ray.get(handle, timeout=CALL_TIMEOUT_S)
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                 ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
             raise WorkerDied(_cause(exc)) from None
+        except ray.exceptions.GetTimeoutError:
+            # A ready result that cannot be fetched: the object store (the raylet) is gone.
+            self.health()
+            raise WorkerDied(f"the result could not be fetched in {CALL_TIMEOUT_S} s") from None
 
     def replace(self, worker):
         import ray
@@ -205,10 +237,47 @@ class RayExecutor:
             pass
         return self._new_worker()
 
-    def stop(self) -> None:
+    def health(self) -> None:
+        """Raise ClusterLost when Ray can no longer run the job.
+
+        The local instance (started here): its raylet or GCS process has died. A cluster: no
+        node is alive, or the GCS does not answer within CALL_TIMEOUT_S.
+        """
         import ray
-        if self.started_here and ray.is_initialized():
-            ray.shutdown()
+        if self.started_here:
+            node = getattr(ray._private.worker, "_global_node", None)
+            dead = sorted({kind for kind, _ in (node.dead_processes() if node else [])
+                           if kind in ("raylet", "gcs_server")})
+            if dead:
+                self.lost = True
+                raise ClusterLost(f"the local Ray instance lost its {' and '.join(dead)}")
+            return
+        nodes = _bounded(ray.nodes, CALL_TIMEOUT_S)
+        if nodes is None:
+            self.lost = True
+            raise ClusterLost(f"the Ray cluster at {self.address} did not answer in "
+                              f"{CALL_TIMEOUT_S} s")
+        if not any(n.get("Alive") for n in nodes):
+            self.lost = True
+            raise ClusterLost(f"no node of the Ray cluster at {self.address} is alive")
+
+    def stop(self) -> None:
+        """Disconnect (and stop the local instance), in bounded time even when Ray is broken."""
+        import ray
+        if not ray.is_initialized():
+            return
+        if self.lost and self.started_here:
+            # Our own local instance is half dead: stop its remaining processes first, or
+            # shutdown waits on daemons that wait on the dead raylet.
+            node = getattr(ray._private.worker, "_global_node", None)
+            if node is not None:
+                try:
+                    node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+                except Exception as exc:  # best effort: the process exits next anyway
+                    log.debug("killing the local Ray processes: %s", exc)
+        if self.started_here or self.lost:
+            if _bounded(ray.shutdown, CALL_TIMEOUT_S, done=True) is None:
+                log.warning("Ray did not shut down within %d s; leaving it", CALL_TIMEOUT_S)
 
 
 def _cluster_requires_token(address: str) -> bool | None:
@@ -257,6 +326,25 @@ def _use_cluster_token(address: str) -> None:
                              f"RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN)")
         os.environ["RAY_AUTH_MODE"] = "token"
         log.info("the cluster uses token authentication: RAY_AUTH_MODE=token")
+
+
+def _bounded(call, timeout: float, done=None):
+    """call() in a daemon thread; its result, or None when it did not return within `timeout`
+    (or raised). `done` is returned instead of call()'s result (for calls returning None)."""
+    import threading
+    box: list = []
+
+    def run():
+        try:
+            value = call()
+            box.append(value if done is None else done)
+        except Exception as exc:
+            log.debug("%s failed: %s", getattr(call, "__name__", call), exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return box[0] if box else None
 
 
 def _cause(exc: BaseException) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from delfx.artifacts import header, read_json_artifact
+from delfx.artifacts import has_format, header, read_json_artifact
 from delfx.errors import DelfxError
 from delfx.extractor.delf import DelfModel
 from delfx.extractor.pyramid import tf_postprocess, tf_pyramid_extract
-from delfx.paths import atomic_write_json
+from delfx.paths import atomic_write_json, foreign_entries, write_directory_atomically
 from delfx.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -82,17 +82,42 @@ def export_config(config, out_dir: Path, *, overwrite: bool = False) -> Path:
 
 def export_model(model: DelfModel, out_dir: Path, *, overwrite: bool = False) -> Path:
     """Write `model` as a SavedModel with the official DELF signature; return the folder."""
-    import shutil
     import tensorflow as tf
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DelfxError(f"{out_dir} is not empty (use --overwrite)")
-        shutil.rmtree(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _check_output(out_dir, overwrite)
     module = _export_module(model)
-    tf.saved_model.save(module, str(tmp), signatures={"default": module.default})
+
+    def write(tmp: Path) -> None:
+        tf.saved_model.save(module, str(tmp), signatures={"default": module.default})
+        _write_metadata(tmp, model)
+
+    write_directory_atomically(out_dir, write, lambda: _check_output(out_dir, overwrite))
+    log.info("exported %s to %s", model.model_id, out_dir)
+    return out_dir
+
+
+# What an exported folder holds (tf.saved_model.save's files and our metadata): --overwrite
+# replaces such a folder only, never one holding anything else.
+EXPORT_ENTRIES = {"saved_model.pb", "fingerprint.pb", "variables", "assets", METADATA_NAME}
+
+
+def _check_output(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DelfxError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise DelfxError(f"{out_dir} is not empty (use --overwrite to replace an export there)")
+    if not has_format(out_dir / METADATA_NAME, (EXPORT_FORMAT,)):
+        raise DelfxError(f"{out_dir} is not empty and is not a delfx export; refusing to "
+                         f"replace it even with --overwrite")
+    foreign = foreign_entries(out_dir, EXPORT_ENTRIES)
+    if foreign:
+        raise DelfxError(f"{out_dir} holds files that are not the export's "
+                         f"({', '.join(foreign[:3])}): move them, then --overwrite")
+
+
+def _write_metadata(tmp: Path, model: DelfModel) -> None:
     atomic_write_json(tmp / METADATA_NAME, {
         **header(EXPORT_FORMAT, 1), "model_id": model.model_id,
         "model_hash": model.model_hash, "descriptor_dim": model.descriptor_dim,
@@ -101,9 +126,6 @@ def export_model(model: DelfModel, out_dir: Path, *, overwrite: bool = False) ->
         "config": model.output_config(), "versions": library_versions(),
         "signature": "default(image, score_threshold, image_scales, max_feature_num) -> "
                      "locations, descriptors, scales, attention"})
-    tmp.rename(out_dir)
-    log.info("exported %s to %s", model.model_id, out_dir)
-    return out_dir
 
 
 def read_export_metadata(folder: Path) -> dict | None:

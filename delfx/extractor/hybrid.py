@@ -198,6 +198,10 @@ class HybridModel(FeatureModel):
                  self.pca.digest() if self.pca is not None else ""]
         return combined_sha256(parts)
 
+    @property
+    def unit_norm(self) -> bool:
+        return True  # L2 of the concatenation, and the final PCA re-normalises
+
     def output_config(self) -> dict[str, Any]:
         values = self.config.to_dict()
         return {**{key: values[key] for key in OUTPUT_FIELDS}, "sift": dict(SIFT_PARAMS),

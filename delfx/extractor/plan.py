@@ -64,18 +64,23 @@ class RunIdentity:
     config: dict[str, Any]
     num_shards: int
     shards: list[dict[str, Any]]  # [{index, num_images, ids_sha256}]
+    # The resolved extraction config as asked for (model `auto` already decided): compared
+    # before any worker starts, so a resume that must be refused is refused at once. None in
+    # plans of delfx 0.1.0.
+    requested: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, model: dict[str, Any], config: dict[str, Any], shards: list[list[ImageItem]]
-           ) -> "RunIdentity":
+    def of(cls, model: dict[str, Any], config: dict[str, Any], shards: list[list[ImageItem]],
+           requested: dict[str, Any] | None = None) -> "RunIdentity":
         return cls(model["id"], model["hash"], config, len(shards),
                    [{"index": i, "num_images": len(s), "ids_sha256": ids_digest(s)}
-                    for i, s in enumerate(shards)])
+                    for i, s in enumerate(shards)], requested)
 
     def to_json(self) -> dict[str, Any]:
         return {**header(PLAN_FORMAT, PLAN_VERSION),
                 "model": {"id": self.model_id, "hash": self.model_hash}, "config": self.config,
-                "num_shards": self.num_shards, "shards": self.shards}
+                "num_shards": self.num_shards, "shards": self.shards,
+                "requested_config": self.requested}
 
     @classmethod
     def load(cls, root: Path) -> "RunIdentity | None":
@@ -86,23 +91,33 @@ class RunIdentity:
         data = read_json_artifact(path, PLAN_FORMAT, {PLAN_VERSION}, what="delfx extraction plan",
                                   advice=advice)
         try:
-            return cls(data["model"]["id"], data["model"]["hash"], data["config"],
-                       int(data["num_shards"]), data["shards"])
+            identity = cls(data["model"]["id"], data["model"]["hash"], data["config"],
+                           int(data["num_shards"]), data["shards"], data.get("requested_config"))
+            for shard in identity.shards:
+                int(shard["index"]), int(shard["num_images"]), str(shard["ids_sha256"])
+            if not isinstance(identity.config, dict):
+                raise TypeError("config is not an object")
         except (ValueError, KeyError, TypeError) as exc:
             raise DelfxError(f"{path}: unreadable plan ({exc!r}); {advice}") from None
+        return identity
 
     def save(self, root: Path) -> None:
         atomic_write_json(Path(root) / PLAN_NAME, self.to_json())
 
     def differences(self, other: "RunIdentity") -> list[str]:
+        """Everything that differs: plan, requested config, model and its output config."""
         out = []
         if (self.model_id, self.model_hash) != (other.model_id, other.model_hash):
             out.append(f"model: {self.model_id} ({self.model_hash[:12]}) then, "
                        f"{other.model_id} ({other.model_hash[:12]}) now")
-        for key in sorted(set(self.config) | set(other.config)):
-            before, now = self.config.get(key, "<unset>"), other.config.get(key, "<unset>")
-            if before != now:
-                out.append(f"{key}: {before!r} then, {now!r} now")
+        out += _config_differences(self.config, other.config)
+        return out + self.plan_differences(other)
+
+    def plan_differences(self, other: "RunIdentity") -> list[str]:
+        """What differs without knowing the model: shards, input ids, the config asked for."""
+        out = []
+        if self.requested is not None and other.requested is not None:
+            out += _config_differences(self.requested, other.requested)
         if self.num_shards != other.num_shards:
             out.append(f"shards: {self.num_shards} then, {other.num_shards} now")
         else:
@@ -115,60 +130,79 @@ class RunIdentity:
         return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _config_differences(before: dict, now: dict) -> list[str]:
+    out = []
+    for key in sorted(set(before) | set(now)):
+        then, current = before.get(key, "<unset>"), now.get(key, "<unset>")
+        if then != current:
+            out.append(f"{key}: {then!r} then, {current!r} now")
+    return out
 
 
 class RunLock:
-    """One extraction per output folder: a lock file that names its holder.
+    """One extraction per output folder: an exclusive `flock` on a lock file naming its holder.
 
-    A lock left by a dead process on this host is recognised and taken over; a lock from
-    another host cannot be checked, so it is refused with instructions.
+    The kernel drops the lock when its holder dies, however it dies, so a lock of a dead run is
+    free at once and two runs can never both take it (no read-then-replace race). The file
+    records pid, host and start time for the message a second run gets. On NFS, Linux maps
+    flock onto POSIX locks, which the server arbitrates between hosts.
     """
 
     def __init__(self, root: Path):
         self.path = Path(root) / LOCK_NAME
-        self.held = False
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> "RunLock":
+        import fcntl
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        for _ in range(2):
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o666)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == me["host"] and not _pid_alive(int(holder["pid"])):
-                    log.warning("taking over a stale lock of dead process %s (started %s)",
-                                holder["pid"], holder.get("started"))
-                    self.path.unlink(missing_ok=True)
-                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
                 who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
-                       f"{holder.get('started')}") if holder else "an unreadable lock"
-                raise DelfxError(f"another delfx extract is writing to {self.path.parent} ({who}); "
-                                 f"if that run is dead, delete {self.path}") from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            self.held = True
+                       f"{holder.get('started')}") if holder else "holder unknown"
+                raise DelfxError(f"another delfx extract is writing to {self.path.parent} "
+                                 f"({who}); wait for it to finish") from None
+            # A releasing holder unlinks the file: if ours was unlinked meanwhile, retry on the
+            # new one (two runs must never hold locks on two different files).
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            previous = self._holder(fd)
+            if previous and previous.get("pid") != me["pid"]:
+                log.info("lock of an earlier run (pid %s on %s, started %s) is free: taking it",
+                         previous.get("pid"), previous.get("host"), previous.get("started"))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            self._fd = fd
             return self
         raise DelfxError(f"could not take the lock {self.path}")
 
-    def _holder(self) -> dict | None:
+    @staticmethod
+    def _holder(fd: int) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
+            data = json.loads(os.pread(fd, 4096, 0).decode() or "null")
         except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before closing: see the inode check above
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -104,6 +104,10 @@ class RootSIFT(FeatureModel):
     def weights_digest(self) -> str:
         return self.pca.digest() if self.pca is not None else ""
 
+    @property
+    def unit_norm(self) -> bool:
+        return True  # RootSIFT is unit by construction, and the PCA re-normalises
+
     def output_config(self) -> dict[str, Any]:
         values = self.config.to_dict()
         return {**{key: values[key] for key in OUTPUT_FIELDS}, "sift": dict(SIFT_PARAMS)}

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from delfx.errors import DelfxError
-from delfx.extractor.delf_model_dir import (ATTENTION_FILE, BACKBONE_FILE, PCA_FILE,
+from delfx.extractor.delf_model_dir import (ATTENTION_FILE, BACKBONE_FILE, MODEL_DIR_FILES, PCA_FILE,
                                             backbone_weights as directory_backbone,
                                             is_model_dir, write_model_json)
 from delfx.inputs import ImageItem
@@ -112,7 +112,8 @@ def random_crops(image: np.ndarray, count: int, size: int, lo: float, hi: float,
 
 def _split_backbone(backbone, finetune: bool):
     """(frozen part, trainable part or None): the trainable part is block4 when fine-tuning."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     if not finetune:
         return backbone, None
     cut = backbone.get_layer("block3_pool").output
@@ -137,7 +138,8 @@ def _cache_features(network, frozen, crops_of: Sequence[np.ndarray], batch: int 
 
 def build_trainer(attention, trainable_block, channels: int, num_classes: int):
     """Keras model: cached maps -> (block4) -> attention-weighted mean of L2(f) -> logits."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     from keras import layers, ops
     inputs = keras.Input((None, None, trainable_block.input.shape[-1] if trainable_block
                           else channels), name="cached")
@@ -173,10 +175,11 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
     from delfx.images import ImageError, load_image
     from delfx.tf_quiet import import_tensorflow
     import_tensorflow()
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
 
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, overwrite, is_model_dir, WHAT)
+    check_output_dir(out_dir, overwrite, is_model_dir, WHAT, MODEL_DIR_FILES)
     labelled = [item for item in items if labels.get(item.image_id)]
     classes = sorted({labels[i.image_id] for i in labelled}, key=label_sort_key)
     if len(classes) < 2:
@@ -256,7 +259,7 @@ def train_attention(items: Sequence[ImageItem], labels: Mapping[str, str | None]
         summary["pca_source"] = pca.source
         summary.update(write_model_json(tmp, summary))  # last: it marks a complete directory
 
-    write_model_dir(out_dir, overwrite, write, is_model_dir, WHAT)
+    write_model_dir(out_dir, overwrite, write, is_model_dir, WHAT, MODEL_DIR_FILES)
     return summary
 
 

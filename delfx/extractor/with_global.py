@@ -37,6 +37,10 @@ class WithGlobal(FeatureModel):
     def model_hash(self) -> str:
         return self.local.model_hash
 
+    @property
+    def unit_norm(self) -> bool:
+        return self.local.unit_norm
+
     def output_config(self) -> dict[str, Any]:
         return self.local.output_config()
 

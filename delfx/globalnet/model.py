@@ -115,7 +115,8 @@ def build_networks(config: GlobalConfig, num_classes: int, steps_per_epoch: int 
     """
     from delfx.globalnet.gem import keras_layers
     L = keras_layers()
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     check_activation(config)
     image = keras.Input((None, None, 3), name="image")
     branches = []
@@ -233,7 +234,8 @@ def load_global_model(directory: str | Path) -> GlobalModel:
     labels = LabelMap.load(directory / LABELS_FILE)
     from delfx.globalnet.gem import keras_layers
     keras_layers()  # registers GeM & co. before Keras deserialises them
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     model_path = directory / MODEL_FILE
     if not model_path.is_file():
         raise DelfxError(f"{directory}: {MODEL_FILE} is missing")

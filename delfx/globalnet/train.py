@@ -109,7 +109,9 @@ def train_global_model(images: str | Path, labels_csv: str | Path, out_dir: str 
         raise DelfxError(f"{len(label_map)} class(es) left after the min_samples cut: need >= 2")
     train_idx, val_idx = stratified_split(targets, config.validation_share, config.seed)
 
-    import keras
+    from delfx.tf_quiet import import_keras
+
+    keras = import_keras()
     keras.utils.set_random_seed(config.seed)
     batch_size = min(config.batch_size, len(train_idx))
     steps = -(-len(train_idx) // batch_size)

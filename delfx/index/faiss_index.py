@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from delfx.artifacts import check_header, header, read_json_artifact
+from delfx.artifacts import check_header, has_format, header, read_json_artifact
+from delfx.digests import file_sha256
 from delfx.errors import DelfxError
-from delfx.paths import atomic_write_json
-from delfx.store import FeatureSet
+from delfx.index.global_index import INDEX_FILE as GLOBAL_INDEX_FILE, META_FILE as GLOBAL_META_FILE
+from delfx.paths import atomic_write_json, foreign_entries, write_directory_atomically
+from delfx.store import FeatureSet, require_intact
 from delfx.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE, MAPPING_FILE, META_FILE = "index.faiss", "mapping.h5", "index.json"
 FORMAT_NAME, FORMAT_VERSION = "delfx-index", 1
 MAPPING_FORMAT = "delfx-index-mapping"
+INDEX_FILES = {INDEX_FILE, MAPPING_FILE, META_FILE, GLOBAL_INDEX_FILE, GLOBAL_META_FILE}
 GPU_MAX_K = 2048  # FAISS GPU limit on k and nprobe
 GPU_PQ_M_FOR_40D = (2, 4, 20, 40)
 
@@ -108,23 +110,52 @@ class IndexMeta:
     num_images: int
     created: str
     versions: dict[str, str]
+    # sha256 of index.faiss and mapping.h5, checked on every load (None: written by delfx 0.1.0)
+    files: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**header(FORMAT_NAME, FORMAT_VERSION), "model": {"id": self.model_id,
                 "hash": self.model_hash}, "dim": self.dim, "factory": self.factory,
                 "nprobe": self.nprobe, "shards": {str(k): v for k, v in sorted(self.shards.items())},
                 "num_vectors": self.num_vectors, "num_images": self.num_images,
-                "created": self.created, "versions": self.versions}
+                "created": self.created, "versions": self.versions, "files": self.files}
 
     @classmethod
     def load(cls, folder: Path) -> "IndexMeta":
         path = Path(folder) / META_FILE
         data = read_json_artifact(path, FORMAT_NAME, {FORMAT_VERSION}, what="delfx index",
                                   advice="rebuild it with this delfx")
-        return cls(data["model"]["id"], data["model"]["hash"], int(data["dim"]), data["factory"],
-                   int(data["nprobe"]), {int(k): v for k, v in data["shards"].items()},
-                   int(data["num_vectors"]), int(data["num_images"]), data["created"],
-                   data["versions"])
+        try:
+            meta = cls(_text(data["model"]["id"]), _text(data["model"]["hash"]),
+                       _count(data["dim"], 1), _text(data["factory"]), _count(data["nprobe"], 1),
+                       {_shard_key(k): _text(v) for k, v in data["shards"].items()},
+                       _count(data["num_vectors"]), _count(data["num_images"]),
+                       _text(data["created"]), dict(data["versions"]), data.get("files"))
+            if meta.files is not None and not (isinstance(meta.files, dict) and all(
+                    isinstance(v, str) for v in meta.files.values())):
+                raise ValueError("files is not an object of digests")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DelfxError(f"{path}: malformed index metadata ({exc!r}); rebuild the index "
+                             f"(build-index --overwrite)") from None
+        return meta
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{value!r} is not a non-empty string")
+    return value
+
+
+def _count(value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TypeError(f"{value!r} is not an integer >= {minimum}")
+    return value
+
+
+def _shard_key(key: str) -> int:
+    if not key.isdigit():
+        raise ValueError(f"shard key {key!r} is not a shard index")
+    return int(key)
 
 
 class Mapping:
@@ -146,14 +177,28 @@ class Mapping:
 
     @classmethod
     def load(cls, path: Path) -> "Mapping":
-        with h5py.File(path, "r") as f:
-            if "format_version" in f.attrs:  # delfx 0.1.0 wrote the format name only
-                check_header(f.attrs, MAPPING_FORMAT, {FORMAT_VERSION}, str(path),
-                             what="delfx index mapping", advice="rebuild the index")
-            elif f.attrs.get("format") != MAPPING_FORMAT:
-                raise DelfxError(f"{path}: not a delfx index mapping")
-            ids = [v.decode() if isinstance(v, bytes) else v for v in f["image_ids"][()]]
-            return cls(ids, f["image"][()], f["row"][()])
+        """Read and check a mapping.h5: every vector maps to an image of the table."""
+        advice = "rebuild the index (build-index --overwrite)"
+        try:
+            with h5py.File(path, "r") as f:
+                if "format_version" in f.attrs:  # delfx 0.1.0 wrote the format name only
+                    check_header(f.attrs, MAPPING_FORMAT, {FORMAT_VERSION}, str(path),
+                                 what="delfx index mapping", advice=advice)
+                elif f.attrs.get("format") != MAPPING_FORMAT:
+                    raise DelfxError(f"{path}: not a delfx index mapping; {advice}")
+                ids = [v.decode() if isinstance(v, bytes) else v for v in f["image_ids"][()]]
+                mapping = cls(ids, f["image"][()].astype(np.int64), f["row"][()].astype(np.int64))
+        except FileNotFoundError:
+            raise DelfxError(f"{path}: missing; {advice}") from None
+        except (OSError, KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise DelfxError(f"{path}: unreadable index mapping ({exc}); {advice}") from None
+        if mapping.image.ndim != 1 or mapping.image.shape != mapping.row.shape:
+            raise DelfxError(f"{path}: damaged mapping (image and row arrays differ); {advice}")
+        if len(mapping.image) and (mapping.image.min() < 0 or mapping.image.max() >= len(ids)
+                                   or mapping.row.min() < 0):
+            raise DelfxError(f"{path}: damaged mapping (vectors of images outside the "
+                             f"{len(ids)}-image table); {advice}")
+        return mapping
 
 
 def _indexed_shards(fs: FeatureSet) -> dict[int, str]:
@@ -181,10 +226,8 @@ def build_index(feature_dir: Path, out_dir: Path, *, factory: str = "auto", npro
     """Build the index of every descriptor of a (complete or partial) feature set."""
     import faiss
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise DelfxError(f"{out_dir} is not empty (use --overwrite, or --update to add shards)")
-        shutil.rmtree(out_dir)
+    check_index_output(out_dir, Path(feature_dir), overwrite)
+    require_intact(Path(feature_dir))  # the index must hold what was written, sha256 checked
     with FeatureSet(feature_dir, require_complete=False) as fs:
         total, dim = fs.manifest.totals()["features"], fs.descriptor_dim
         if total == 0:
@@ -226,7 +269,8 @@ def build_index(feature_dir: Path, out_dir: Path, *, factory: str = "auto", npro
                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          library_versions())
         global_index = _global_index(fs)
-    _save(out_dir, index, mapping, meta, global_index)
+    _save(out_dir, index, mapping, meta, global_index,
+          lambda: check_index_output(out_dir, Path(feature_dir), overwrite))
     return meta
 
 
@@ -273,19 +317,97 @@ def _global_index(fs: FeatureSet):
     return global_index
 
 
-def _save(out_dir: Path, index, mapping: Mapping, meta: IndexMeta, global_index=None) -> None:
+def is_index_dir(folder: Path) -> bool:
+    return has_format(Path(folder) / META_FILE, (FORMAT_NAME,))
+
+
+def check_index_output(out_dir: Path, feature_dir: Path, overwrite: bool) -> None:
+    """Refuse an index folder that is (or holds) the feature set, or that is not empty unless
+    --overwrite names an index folder holding nothing but index files."""
+    out, features = out_dir.resolve(), feature_dir.resolve()
+    if out == features or out in features.parents:
+        raise DelfxError(f"{out_dir} is (or holds) the feature set {feature_dir}: write the "
+                         f"index to a folder of its own")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DelfxError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise DelfxError(f"{out_dir} is not empty (use --overwrite to replace an index there, "
+                         f"or --update to add shards)")
+    if not is_index_dir(out_dir):
+        raise DelfxError(f"{out_dir} is not empty and is not a delfx index; refusing to replace "
+                         f"it even with --overwrite")
+    foreign = foreign_entries(out_dir, INDEX_FILES)
+    if foreign:
+        raise DelfxError(f"{out_dir} holds files that are not the index's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): move them, then --overwrite")
+
+
+def _check_own_files(index_dir: Path) -> None:
+    foreign = foreign_entries(index_dir, INDEX_FILES)
+    if foreign:
+        raise DelfxError(f"{index_dir} holds files that are not the index's "
+                         f"({', '.join(foreign[:3])}): move them before updating it")
+
+
+def _save(out_dir: Path, index, mapping: Mapping, meta: IndexMeta, global_index=None,
+          before_replacing=None) -> None:
+    """Write the index folder beside `out_dir` and swap it in: a failed build leaves the old
+    index as it was."""
     import faiss
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    mapping.save(tmp / MAPPING_FILE)
-    if global_index is not None:
-        global_index.save(tmp)
-    atomic_write_json(tmp / META_FILE, meta.to_json())
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+
+    def write(tmp: Path) -> None:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        mapping.save(tmp / MAPPING_FILE)
+        if global_index is not None:
+            global_index.save(tmp)
+        meta.files = {name: file_sha256(tmp / name) for name in (INDEX_FILE, MAPPING_FILE)}
+        atomic_write_json(tmp / META_FILE, meta.to_json())  # last: it marks a complete index
+
+    write_directory_atomically(out_dir, write, before_replacing)
+
+
+def load_index_files(folder: Path) -> tuple[IndexMeta, Any, Mapping]:
+    """index.json, index.faiss and mapping.h5 of an index folder, each checked: the files'
+    sha256 against index.json, and that index, mapping and metadata describe one index."""
+    import faiss
+    folder = Path(folder)
+    meta = IndexMeta.load(folder)
+    advice = "rebuild the index (build-index --overwrite)"
+    for name in (INDEX_FILE, MAPPING_FILE):
+        path = folder / name
+        if not path.is_file():
+            raise DelfxError(f"{path}: missing; {advice}")
+        if meta.files is not None and file_sha256(path) != meta.files.get(name):
+            raise DelfxError(f"{path}: sha256 differs from index.json (the file was altered "
+                             f"after it was written); {advice}")
+    try:
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError as exc:
+        raise DelfxError(f"{folder / INDEX_FILE}: unreadable FAISS index "
+                         f"({str(exc).strip().splitlines()[-1]}); {advice}") from None
+    mapping = Mapping.load(folder / MAPPING_FILE)
+    try:
+        built = faiss.downcast_index(faiss.index_factory(meta.dim, meta.factory))
+    except RuntimeError:
+        raise DelfxError(f"{folder / META_FILE}: factory {meta.factory!r} is not a FAISS factory "
+                         f"string; {advice}") from None
+    loaded = faiss.downcast_index(index)
+    found = type(loaded).__name__
+    problems = [what for what, bad in (
+        (f"the index holds {index.ntotal} vectors, the mapping {len(mapping.image)}",
+         index.ntotal != len(mapping.image)),
+        (f"the index holds {index.ntotal} vectors, index.json says {meta.num_vectors}",
+         index.ntotal != meta.num_vectors),
+        (f"the mapping lists {len(mapping.image_ids)} images, index.json says {meta.num_images}",
+         len(mapping.image_ids) != meta.num_images),
+        (f"the index is {index.d}-d, index.json says {meta.dim}", index.d != meta.dim),
+        (f"index.json's factory {meta.factory!r} does not build this index ({found})",
+         not isinstance(loaded, type(built)) or loaded.metric_type != built.metric_type)) if bad]
+    if problems:
+        raise DelfxError(f"{folder}: {problems[0]}; {advice}")
+    return meta, index, mapping
 
 
 def check_compatible(meta: IndexMeta, fs: FeatureSet, index_dir: Path) -> None:
@@ -303,20 +425,21 @@ def check_compatible(meta: IndexMeta, fs: FeatureSet, index_dir: Path) -> None:
 
 def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[int]]:
     """Add the shards completed since the index was built, without a rebuild."""
-    import faiss
     index_dir = Path(index_dir)
     meta = IndexMeta.load(index_dir)
+    _check_own_files(index_dir)
     with FeatureSet(feature_dir, require_complete=False) as fs:
         check_compatible(meta, fs, index_dir)
         new = sorted(set(fs.shard_indices) - set(meta.shards))
         if not new:
             return meta, []
-        index = faiss.read_index(str(index_dir / INDEX_FILE))
-        mapping = _add_all(index, fs, Mapping.load(index_dir / MAPPING_FILE), only=set(new))
+        require_intact(Path(feature_dir), set(new))
+        _, index, old_mapping = load_index_files(index_dir)
+        mapping = _add_all(index, fs, old_mapping, only=set(new))
         meta.shards.update({i: fs.manifest.shards[i].sha256 for i in new})
         meta.num_vectors, meta.num_images = int(index.ntotal), len(mapping.image_ids)
         global_index = _global_index(fs)  # exact and small: rebuilt whole rather than appended
-    _save(index_dir, index, mapping, meta, global_index)
+    _save(index_dir, index, mapping, meta, global_index, lambda: _check_own_files(index_dir))
     return meta, new
 
 
@@ -326,14 +449,7 @@ class GalleryIndex:
     def __init__(self, index_dir: Path, *, nprobe: int | None = None):
         import faiss
         self.folder = Path(index_dir)
-        self.meta = IndexMeta.load(self.folder)
-        try:
-            index = faiss.read_index(str(self.folder / INDEX_FILE))
-        except RuntimeError as exc:
-            raise DelfxError(f"{self.folder / INDEX_FILE}: unreadable FAISS index ({exc})") from None
-        self.mapping = Mapping.load(self.folder / MAPPING_FILE)
-        if index.ntotal != len(self.mapping.image):
-            raise DelfxError(f"{self.folder}: index and mapping disagree (rebuild it)")
+        self.meta, index, self.mapping = load_index_files(self.folder)
         self.nprobe = nprobe or self.meta.nprobe
         self.gpu = gpu_count() > 0
         if "IVF" in self.meta.factory:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from delfx.artifacts import header, read_json_artifact
+from delfx.digests import file_sha256
 from delfx.errors import DelfxError
 from delfx.paths import atomic_write_json
 from delfx.store import FeatureSet
@@ -96,6 +97,7 @@ class GlobalIndex:
         atomic_write_json(folder / META_FILE, {
             **header(FORMAT_NAME, FORMAT_VERSION), "model": self.model,
             "image_ids": self.image_ids, "versions": library_versions(),
+            "sha256": file_sha256(folder / INDEX_FILE),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
     @staticmethod
@@ -106,7 +108,25 @@ class GlobalIndex:
     def load(cls, folder: Path) -> "GlobalIndex":
         import faiss
         folder = Path(folder)
+        advice = "rebuild the index (build-index --overwrite)"
         meta = read_json_artifact(folder / META_FILE, FORMAT_NAME, {FORMAT_VERSION},
-                                  what="delfx global index", advice="rebuild the index")
-        index = faiss.read_index(str(folder / INDEX_FILE))
-        return cls(None, meta["image_ids"], meta["model"], index=index)
+                                  what="delfx global index", advice=advice)
+        path = folder / INDEX_FILE
+        if not path.is_file():
+            raise DelfxError(f"{path}: missing; {advice}")
+        if "sha256" in meta and file_sha256(path) != meta["sha256"]:
+            raise DelfxError(f"{path}: sha256 differs from {META_FILE} (altered after it was "
+                             f"written); {advice}")
+        model, ids = meta.get("model"), meta.get("image_ids")
+        if not (isinstance(model, dict) and isinstance(model.get("dim"), int) and
+                isinstance(model.get("hash"), str) and isinstance(ids, list) and
+                all(isinstance(i, str) for i in ids)):
+            raise DelfxError(f"{folder / META_FILE}: malformed global index metadata; {advice}")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            raise DelfxError(f"{path}: unreadable FAISS index; {advice}") from None
+        if index.d != model["dim"]:
+            raise DelfxError(f"{path}: {index.d}-d vectors, {META_FILE} says {model['dim']}; "
+                             f"{advice}")
+        return cls(None, ids, model, index=index)

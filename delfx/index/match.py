@@ -59,8 +59,8 @@ def match_images(image_a: Path, image_b: Path, config: ExtractConfig, *, ransac:
     """
     from delfx.extractor.models import create_model
     from delfx.images import load_image
-    model = create_model(config)
     images = tuple(load_image(p, max_pixels=config.max_pixels) for p in (image_a, image_b))
+    model = create_model(config)  # after the cheap checks: a bad image is refused at once
     a, b = (model.extract(image, str(p)) for image, p in zip(images, (image_a, image_b)))
     matches = mutual_nearest_neighbours(a.descriptors, b.descriptors)
     verification = verify_pair(a.locations, b.locations, matches, model=ransac,

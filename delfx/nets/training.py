@@ -23,7 +23,8 @@ import numpy as np
 from delfx.artifacts import has_format, header
 from delfx.digests import file_sha256
 from delfx.errors import DelfxError
-from delfx.paths import atomic_write_bytes, atomic_write_json, write_directory_atomically
+from delfx.paths import (atomic_write_bytes, atomic_write_json, foreign_entries,
+                         write_directory_atomically)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ TRAINED_MODEL_FORMATS = (CLASSIFIER_FORMAT, GLOBAL_MODEL_FORMAT)
 MODEL_FILE, LABELS_FILE, CONFIG_FILE = "model.keras", "labels.json", "config.json"
 CURVES_JSON, CURVES_PNG = "curves.json", "curves.png"
 TRAINED_MODEL_CONFIG = CONFIG_FILE
+TRAINED_MODEL_FILES = {MODEL_FILE, LABELS_FILE, CONFIG_FILE, CURVES_JSON, CURVES_PNG}
 
 
 def is_trained_model_dir(directory: Path) -> bool:
@@ -44,13 +46,15 @@ def is_trained_model_dir(directory: Path) -> bool:
 
 
 def check_output_dir(out_dir: Path, overwrite: bool, replaceable: Callable[[Path], bool],
-                     what: str) -> None:
+                     what: str, known: set[str] = TRAINED_MODEL_FILES) -> None:
     """Refuse an output folder before any work is done, not after an hour of training.
 
     Args:
         replaceable: whether a non-empty `out_dir` is a model directory that `overwrite` may
             replace (never an arbitrary folder that was named by mistake).
         what: the kind of model, for the messages ("classifier").
+        known: the files such a directory holds; one holding anything else is not replaced
+            (it would be deleted with the old model).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -63,18 +67,24 @@ def check_output_dir(out_dir: Path, overwrite: bool, replaceable: Callable[[Path
     if not replaceable(out_dir):
         raise DelfxError(f"{out_dir} is not empty and is not a delfx {what}; refusing to "
                          f"replace it even with --overwrite")
+    foreign = foreign_entries(out_dir, known)
+    if foreign:
+        raise DelfxError(f"{out_dir} holds files that are not the {what}'s "
+                         f"({', '.join(foreign[:3])}): move them, then --overwrite")
 
 
 def write_model_dir(out_dir: Path, overwrite: bool, write: Callable[[Path], None],
-                    replaceable: Callable[[Path], bool], what: str) -> None:
+                    replaceable: Callable[[Path], bool], what: str,
+                    known: set[str] = TRAINED_MODEL_FILES) -> None:
     """Write a model directory atomically; re-check `out_dir`, which may have filled meanwhile."""
     write_directory_atomically(Path(out_dir), write, lambda: check_output_dir(
-        out_dir, overwrite, replaceable, what))
+        out_dir, overwrite, replaceable, what, known))
 
 
 @functools.cache
 def _epoch_logger_class():
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
 
     class EpochLogger(keras.callbacks.Callback):
         """One log line per epoch (Keras runs with verbose=0) and the pure training time."""
@@ -117,7 +127,8 @@ def callbacks(monitor: str, *, lr_factor: float, lr_patience: int, min_learning_
               patience: int | None, logger) -> list:
     """ReduceLROnPlateau, EarlyStopping with the best weights restored (unless patience is
     None), and the logger last (it then sees the learning rate the schedule put in the logs)."""
-    import keras
+    from delfx.tf_quiet import import_keras
+    keras = import_keras()
     out = [keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=lr_factor,
                                              patience=lr_patience, min_lr=min_learning_rate,
                                              verbose=0)]

@@ -3,6 +3,7 @@ write the Kaggle submission and the evidence."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -13,9 +14,10 @@ import numpy as np
 
 from delfx.errors import DelfxError
 from delfx.evaluate import write_submission
-from delfx.extractor.queries import query_records
+from delfx.extractor.queries import Queries
 from delfx.labels import read_labels
 from delfx.metrics import Prediction
+from delfx.paths import atomic_text_output
 from delfx.recognition.calibration import Calibration, fit_logistic
 from delfx.recognition.recognize import FEATURES, RecognitionConfig, Recognizer
 from delfx.store import FeatureSet
@@ -80,6 +82,27 @@ def fit_calibration(recognizer: Recognizer, labels: dict[str, str | None], ids: 
                         fitted_on={"mode": raw.config.mode, "queries": len(ids)})
 
 
+def gallery_labels_of(gallery: FeatureSet, labels: dict[str, str | None], source) -> dict:
+    """The labels of the gallery's images. Refuses labels that match no gallery image; warns,
+    with counts, about labelled ids the gallery lacks and gallery images without a label."""
+    in_gallery = set(gallery.image_ids)
+    kept = {i: label for i, label in labels.items() if i in in_gallery}
+    if not any(kept.values()):
+        example = next(iter(labels), None)
+        there = gallery.image_ids[0] if gallery.image_ids else None
+        raise DelfxError(f"{source}: no landmark label is for an image of the gallery "
+                         f"{gallery.root} ({len(labels)} labelled ids, e.g. {example!r}; gallery "
+                         f"ids look like {there!r}): are they the same ids?")
+    if len(kept) < len(labels):
+        log.warning("%d of %d labelled ids are not in the gallery %s: ignored", len(labels) -
+                    len(kept), len(labels), gallery.root)
+    unlabelled = len(in_gallery) - len(kept)
+    if unlabelled:
+        log.warning("%d of %d gallery images have no row in %s: they never vote for a landmark",
+                    unlabelled, len(in_gallery), source)
+    return kept
+
+
 def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, *,
                  mode: str = "fused", classifier_dir: Path | None = None,
                  index_dir: Path | None = None, calibration_path: Path | None = None,
@@ -96,7 +119,8 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     from delfx.index.faiss_index import GalleryIndex, check_compatible
     from delfx.index.search import SearchConfig
     gallery = FeatureSet(gallery_dir, require_complete=False)
-    labels = read_labels(gallery_labels)
+    labels = gallery_labels_of(gallery, read_labels(gallery_labels), gallery_labels)
+    query_set = Queries(queries, gallery)  # cheap checks before any model is loaded
     classifier = index = global_index = global_model = None
     if global_model_dir is not None:
         from delfx.globalnet.model import load_global_model
@@ -142,18 +166,16 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier,
                             calibration=calibration, config=config, global_index=global_index)
     predictions, answered, start = [], 0, time.perf_counter()
-    evidence = open(evidence_path, "w") if evidence_path else None
-    try:
-        for query in query_records(queries, gallery, global_model):
+    with contextlib.ExitStack() as stack:
+        evidence = (stack.enter_context(atomic_text_output(evidence_path))
+                    if evidence_path else None)
+        for query in query_set.records(global_model):
             result = recognizer.recognize(query)
             predictions.append(Prediction(result.query, result.label, result.score))
             answered += result.label is not None
             if evidence is not None:
                 evidence.write(json.dumps(result.to_json()) + "\n")
-    finally:
-        if evidence is not None:
-            evidence.close()
-    write_submission(out, predictions)
+        write_submission(out, predictions)
     seconds = time.perf_counter() - start
     return {"out": str(out), "mode": mode, "queries": len(predictions), "answered": answered,
             "calibrated": calibration is not None, "seconds_per_query":

@@ -3,7 +3,7 @@
 Import what you need from here; `schema` is the one module that names the on-disk layout.
 """
 
-from delfx.store.check import VerifyReport, inspect, verify
+from delfx.store.check import VerifyReport, inspect, require_intact, verify
 from delfx.store.featureset import FeatureSet
 from delfx.store.manifest import Manifest
 from delfx.store.records import ImageFeatures
@@ -13,4 +13,4 @@ from delfx.store.reader import ShardReader
 from delfx.store.writer import ShardWriter
 
 __all__ = ["FeatureSet", "ImageFeatures", "Manifest", "SCHEMA_VERSION", "ShardInfo", "ShardReader",
-           "ShardWriter", "VerifyReport", "inspect", "shard_file_name", "verify"]
+           "ShardWriter", "VerifyReport", "inspect", "require_intact", "shard_file_name", "verify"]

@@ -29,10 +29,17 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)
     bad_shards: set[int] = field(default_factory=set)
     shards_checked: int = 0
+    missing: list[int] = field(default_factory=list)  # planned shards not completed yet
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def damage(self) -> list[str]:
+        """The problems that are not merely shards still to be extracted."""
+        waiting = {f"shard {i}: not completed (no record in the manifest)" for i in self.missing}
+        return [p for p in self.problems if p not in waiting]
 
     def problem(self, message: str, shard: int | None = None) -> None:
         self.problems.append(message)
@@ -95,12 +102,13 @@ def _check_shard(root: Path, manifest: Manifest, index: int, report: VerifyRepor
         return []
 
 
-def verify(root: Path, *, checksum: bool = True) -> VerifyReport:
+def verify(root: Path, *, checksum: bool = True, only: set[int] | None = None) -> VerifyReport:
     """Check every shard against the manifest: presence, size, sha256, schema, counts, model.
 
     Args:
         root: the feature-set folder.
         checksum: re-hash every shard (reads every byte; turn off for a quick structural check).
+        only: check just these shards (and do not report the missing ones).
     """
     root = Path(root)
     report = VerifyReport(root)
@@ -109,10 +117,13 @@ def verify(root: Path, *, checksum: bool = True) -> VerifyReport:
     except StoreError as exc:
         report.problem(str(exc))
         return report
-    for index in manifest.missing_shards:
+    for index in manifest.missing_shards if only is None else []:
         report.problem(f"shard {index}: not completed (no record in the manifest)", index)
+        report.missing.append(index)
     owner: dict[str, int] = {}
     for index in sorted(manifest.shards):
+        if only is not None and index not in only:
+            continue
         ids = _check_shard(root, manifest, index, report, checksum)
         report.shards_checked += 1
         for image_id in ids:
@@ -130,13 +141,25 @@ def verify(root: Path, *, checksum: bool = True) -> VerifyReport:
     return report
 
 
-def inspect(root: Path) -> dict[str, Any]:
+def require_intact(root: Path, shards: set[int] | None = None) -> None:
+    """Refuse to build on shards that fail `verify` (sha256 against the manifest included):
+    what an index or a classifier is built from must be what was written."""
+    report = verify(root, only=shards)
+    problems = report.damage
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StoreError(f"{root}: {problems[0]}{more}; run delfx verify, and extract the "
+                         f"damaged shards again")
+
+
+def inspect(root: Path, *, checksum: bool = True) -> dict[str, Any]:
     """Summary of a feature set: images ok/failed by reason, features per image, bytes, model."""
     root = Path(root)
     manifest = Manifest.load(root)
+    integrity = verify(root, checksum=checksum)
     reasons: collections.Counter[str] = collections.Counter()
     counts = []
-    for index in sorted(manifest.shards):
+    for index in sorted(set(manifest.shards) - integrity.bad_shards):  # damaged: not read
         with ShardReader(manifest.shard_path(root, index)) as reader:
             ok = reader.status == S.STATUS_OK
             counts.append(reader.counts[ok])
@@ -159,6 +182,8 @@ def inspect(root: Path) -> dict[str, Any]:
         "bytes": {"total": totals["bytes"],
                   "per_image": totals["bytes"] / totals["images"] if totals["images"] else None},
         "global": manifest.global_model,
+        "integrity": {"checked_sha256": checksum, "ok": not integrity.damage,
+                      "problems": integrity.damage, "warnings": integrity.warnings},
         "schema_version": manifest.schema_version,
         "versions": manifest.versions,
         "created": manifest.created,

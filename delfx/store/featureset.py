@@ -76,8 +76,16 @@ class FeatureSet:
     def shard(self, index: int) -> ShardReader:
         """The reader of shard `index` (opened once, checked against the manifest)."""
         if index not in self._readers:
-            reader = ShardReader(self.manifest.shard_path(self.root, index))
             record = self.manifest.shards[index]
+            path = self.manifest.shard_path(self.root, index)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise StoreError(f"{path}: shard file is missing (run delfx verify)") from None
+            if size != record.bytes:
+                raise StoreError(f"{path}: {size} bytes, the manifest says {record.bytes} "
+                                 f"(truncated or replaced; run delfx verify)")
+            reader = ShardReader(path, unit_norm=self.manifest.descriptor_norm == "l2")
             if (reader.model_id, reader.model_hash) != (self.manifest.model_id,
                                                         self.manifest.model_hash):
                 reader.close()

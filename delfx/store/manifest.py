@@ -30,6 +30,49 @@ class ShardInfo:
     num_features: int
 
 
+_SHARD_FIELDS = {f.name for f in dataclasses.fields(ShardInfo)}
+
+
+class _Checker:
+    """Type checks of manifest fields, each failing with one line that names the field."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, what: str):
+        raise StoreError(f"{self.source}: malformed manifest ({where}: {what}); repair it from "
+                         f"the shards with `delfx verify`, or extract again with --overwrite")
+
+    def value(self, data: dict, key: str, kind: type, where: str = ""):
+        label = f"{where}.{key}" if where else key
+        if not isinstance(data, dict) or key not in data:
+            self.fail(label, "missing")
+        if not isinstance(data[key], kind):
+            self.fail(label, f"{data[key]!r} is not a {kind.__name__}")
+        return data[key]
+
+    def mapping(self, data: dict, key: str) -> dict:
+        return self.value(data, key, dict)
+
+    def integer(self, data: dict, key: str, minimum: int, where: str = "") -> int:
+        value = self.value(data, key, int, where)
+        if isinstance(value, bool) or value < minimum:
+            self.fail(f"{where}.{key}" if where else key, f"{value!r} is not an integer >= {minimum}")
+        return value
+
+    def text(self, data: dict, key: str, where: str = "") -> str:
+        value = self.value(data, key, str, where)
+        if not value:
+            self.fail(f"{where}.{key}" if where else key, "empty")
+        return value
+
+    def digest(self, data: dict, key: str, where: str = "") -> str:
+        value = self.text(data, key, where)
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            self.fail(f"{where}.{key}", f"{value!r} is not a sha256 hex digest")
+        return value
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -53,6 +96,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=library_versions)
     schema_version: int = S.SCHEMA_VERSION
     global_model: dict[str, Any] | None = None  # v2: {"id", "hash", "dim"} of images/global
+    # v3: "l2" when the model writes unit-norm descriptors (readers then check every one they
+    # read); None when it does not promise it, or for sets written before v3.
+    descriptor_norm: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -77,6 +123,7 @@ class Manifest:
                 "descriptor_dim": self.descriptor_dim, "descriptor_dtype": self.descriptor_dtype,
                 "num_shards": self.num_shards, "created": self.created, "updated": self.updated,
                 "versions": self.versions, "totals": self.totals(), "global_model": self.global_model,
+                "descriptor_norm": self.descriptor_norm,
                 "shards": [dataclasses.asdict(self.shards[i]) for i in sorted(self.shards)]}
 
     @classmethod
@@ -85,21 +132,46 @@ class Manifest:
                                what="delfx manifest", version_key="schema_version",
                                error=StoreError, version_error=SchemaVersionError,
                                advice="upgrade delfx or re-extract")
-        try:
-            shards = {int(r["index"]): ShardInfo(**r) for r in data["shards"]}
-            manifest = cls(num_shards=int(data["num_shards"]), model_id=data["model"]["id"],
-                           model_hash=data["model"]["hash"], config=data["config"],
-                           descriptor_dim=int(data["descriptor_dim"]),
-                           descriptor_dtype=data["descriptor_dtype"], shards=shards,
-                           created=data["created"], updated=data["updated"],
-                           versions=data["versions"], schema_version=version,
-                           global_model=data.get("global_model"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{source}: malformed manifest ({exc!r})") from None
-        for index, record in shards.items():
-            if not 0 <= index < manifest.num_shards:
-                raise StoreError(f"{source}: shard index {index} outside 0..{manifest.num_shards - 1}")
-        return manifest
+        check = _Checker(source)
+        num_shards = check.integer(data, "num_shards", 1)
+        model = check.mapping(data, "model")
+        records = check.value(data, "shards", list)
+        shards: dict[int, ShardInfo] = {}
+        for k, record in enumerate(records):
+            where = f"shards[{k}]"
+            if not isinstance(record, dict) or set(record) != _SHARD_FIELDS:
+                raise StoreError(f"{source}: malformed manifest ({where} must have exactly the "
+                                 f"fields {sorted(_SHARD_FIELDS)})")
+            info = ShardInfo(**{name: check.integer(record, name, 0, where)
+                                for name in _SHARD_FIELDS if name not in ("file", "sha256")},
+                             file=check.text(record, "file", where),
+                             sha256=check.digest(record, "sha256", where))
+            if info.index >= num_shards or info.index in shards:
+                raise StoreError(f"{source}: malformed manifest ({where}: shard index {info.index} "
+                                 f"outside 0..{num_shards - 1} or recorded twice)")
+            if info.num_ok + info.num_failed != info.num_images or (
+                    info.num_features and not info.num_ok):
+                raise StoreError(f"{source}: malformed manifest ({where}: counts disagree)")
+            shards[info.index] = info
+        global_model = data.get("global_model")
+        if global_model is not None:
+            check.text(global_model, "id", "global_model")
+            check.text(global_model, "hash", "global_model")
+            check.integer(global_model, "dim", 1, "global_model")
+        norm = data.get("descriptor_norm")
+        if norm not in (None, "l2"):
+            raise StoreError(f"{source}: malformed manifest (descriptor_norm {norm!r})")
+        dtype = check.text(data, "descriptor_dtype")
+        if dtype not in S.DESCRIPTOR_DTYPES:
+            raise StoreError(f"{source}: malformed manifest (descriptor_dtype {dtype!r})")
+        return cls(num_shards=num_shards, model_id=check.text(model, "id", "model"),
+                   model_hash=check.text(model, "hash", "model"),
+                   config=check.value(data, "config", dict),
+                   descriptor_dim=check.integer(data, "descriptor_dim", 1),
+                   descriptor_dtype=dtype, shards=shards, created=check.text(data, "created"),
+                   updated=check.text(data, "updated"),
+                   versions=check.value(data, "versions", dict), schema_version=version,
+                   global_model=global_model, descriptor_norm=norm)
 
     @classmethod
     def load(cls, root: Path) -> "Manifest":
@@ -115,6 +187,7 @@ class Manifest:
 
     def save(self, root: Path) -> None:
         self.updated = _now()
+        self.schema_version = S.SCHEMA_VERSION  # this delfx writes the current layout
         atomic_write_json(Path(root) / S.MANIFEST_NAME, self.to_json())
 
     def record(self, root: Path, info: ShardInfo) -> None:

@@ -20,11 +20,25 @@ def _decode(values: np.ndarray) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-class ShardReader:
-    """Read access to one complete shard. The per-image table is loaded once; features on demand."""
+# How far from 1 a stored unit descriptor's norm may be: float16 storage rounds each of ~40-200
+# components by up to 2^-11 relative, far below this; damage (flipped bits) lands far above.
+NORM_TOLERANCE = 0.02
 
-    def __init__(self, path: Path):
+
+class ShardReader:
+    """Read access to one complete shard. The per-image table is loaded once; features on demand.
+
+    Nothing damaged is handed out as data: a chunk that fails its HDF5 checksum (fletcher32,
+    schema >= 3), non-finite values, or (with `unit_norm`, when the manifest says the model
+    writes unit descriptors) a descriptor whose norm is not 1 raise StoreError naming the shard.
+
+    Args:
+        unit_norm: check that every descriptor read has unit L2 norm.
+    """
+
+    def __init__(self, path: Path, *, unit_norm: bool = False):
         self.path = Path(path)
+        self.unit_norm = bool(unit_norm)
         try:
             self._file = h5py.File(self.path, "r")
         except FileNotFoundError:
@@ -74,13 +88,18 @@ class ShardReader:
             self.messages = _decode(f[S.IMAGE_MESSAGE][()])
             self.heights = f[S.IMAGE_HEIGHT][()]
             self.widths = f[S.IMAGE_WIDTH][()]
+            # v3: what identified each input file when it was extracted (resume compares it)
+            self.input_stamps = ((f[S.IMAGE_INPUT_SIZE][()].astype(np.int64),
+                                  f[S.IMAGE_INPUT_MTIME][()].astype(np.int64))
+                                 if self.schema_version >= 3 else None)
             self._features = {name: f[name] for name in S.FEATURE_ARRAYS}
             # Read into memory on first use only (1 kB per image at 512-d float16): a local-only
             # scan of a shard never pays for it.
             self._global_dataset = f[S.IMAGE_GLOBAL] if self.global_dim else None
             self._global = None
-        except (KeyError, OSError) as exc:
-            raise StoreError(f"{self.path}: damaged shard ({exc})") from None
+        except (KeyError, OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{self.path}: damaged shard ({exc}); run delfx verify, then "
+                             f"extract it again") from None
         n = len(self.image_ids)
         if n != int(f.attrs[S.ATTR_NUM_IMAGES]) or any(
                 len(a) != n for a in (self.offsets, self.counts, self.status, self.heights)):
@@ -88,6 +107,11 @@ class ShardReader:
         if self._global_dataset is not None and self._global_dataset.shape != (n, self.global_dim):
             raise StoreError(f"{self.path}: damaged shard (global descriptors "
                              f"{self._global_dataset.shape}, expected {(n, self.global_dim)})")
+        if self.input_stamps is not None and any(len(a) != n for a in self.input_stamps):
+            raise StoreError(f"{self.path}: damaged shard (input stamps of another length)")
+        if set(np.unique(self.status)) - {S.STATUS_OK, S.STATUS_FAILED} or (
+                n and (self.counts.min() < 0 or self.heights.min() < 0 or self.widths.min() < 0)):
+            raise StoreError(f"{self.path}: damaged shard (impossible values in the image table)")
         if any(len(d) != self.num_features for d in self._features.values()):
             raise StoreError(f"{self.path}: damaged shard (feature array lengths disagree)")
         expected = np.concatenate([[0], np.cumsum(self.counts)[:-1]]) if n else self.offsets
@@ -124,9 +148,49 @@ class ShardReader:
                              None if self._global_dataset is None
                              else self._global_rows()[i].astype(np.float32))
 
+    def _read(self, dataset, selection=()):
+        """dataset[selection], or StoreError when a chunk fails its checksum or cannot be read."""
+        try:
+            return dataset[selection]
+        except OSError as exc:
+            raise StoreError(f"{self.path}: damaged shard ({dataset.name}: "
+                             f"{str(exc).split('(')[-1].rstrip(')') or exc}); run delfx verify, "
+                             f"then extract it again") from None
+
+    def _check_descriptors(self, descriptors: np.ndarray, first_row: int) -> np.ndarray:
+        """Refuse damaged descriptors: non-finite values, or norms off 1 where unit is promised."""
+        values = np.asarray(descriptors, dtype=np.float32)
+        if not np.isfinite(values).all():
+            row = first_row + int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise StoreError(f"{self.path}: damaged shard (non-finite descriptor at feature row "
+                             f"{row}); run delfx verify, then extract it again")
+        if self.unit_norm and len(values):
+            norms = np.sqrt(np.einsum("ij,ij->i", values, values))
+            bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+            if len(bad):
+                raise StoreError(f"{self.path}: damaged shard (descriptor at feature row "
+                                 f"{first_row + int(bad[0])} has norm {norms[bad[0]]:.4g}, the "
+                                 f"model writes unit vectors); run delfx verify, then extract it "
+                                 f"again")
+        return descriptors
+
+    def _rows(self, start: int, end: int) -> dict[str, np.ndarray]:
+        """Feature rows start..end of every array, read and checked."""
+        rows = {name: self._read(d, slice(start, end)) for name, d in self._features.items()}
+        self._check_descriptors(rows[S.FEATURE_DESCRIPTORS], start)
+        for name in (S.FEATURE_LOCATIONS, S.FEATURE_SCALES, S.FEATURE_SCORES):
+            if not np.isfinite(rows[name]).all():
+                raise StoreError(f"{self.path}: damaged shard (non-finite {name} between feature "
+                                 f"rows {start} and {end}); run delfx verify, then extract it "
+                                 f"again")
+        return rows
+
     def _global_rows(self) -> np.ndarray:
         if self._global is None:
-            self._global = self._global_dataset[()]
+            rows = self._read(self._global_dataset)
+            if not np.isfinite(rows).all():
+                raise StoreError(f"{self.path}: damaged shard (non-finite global descriptor)")
+            self._global = rows
         return self._global
 
     def global_descriptors(self) -> np.ndarray:
@@ -139,7 +203,7 @@ class ShardReader:
         """One image's record, by position in the shard or by image id."""
         i = self.index_of(key) if isinstance(key, str) else int(key)
         start, end = int(self.offsets[i]), int(self.offsets[i] + self.counts[i])
-        return self._record(i, {name: d[start:end] for name, d in self._features.items()})
+        return self._record(i, self._rows(start, end))
 
     def __iter__(self) -> Iterator[ImageFeatures]:
         """All records in order, reading the feature arrays in large contiguous blocks."""
@@ -158,7 +222,7 @@ class ShardReader:
             while last < n and int(self.offsets[last] + self.counts[last]) - base <= max_rows:
                 last += 1
             end = int(self.offsets[last - 1] + self.counts[last - 1])
-            yield first, last, {name: d[base:end] for name, d in self._features.items()}, base
+            yield first, last, self._rows(base, end), base
             first = last
 
     def iter_descriptor_blocks(self, max_rows: int = 1 << 20
@@ -176,7 +240,8 @@ class ShardReader:
         descriptors = self._features[S.FEATURE_DESCRIPTORS]
         for start in range(0, self.num_features, max_rows):
             end = min(start + max_rows, self.num_features)
-            yield descriptors[start:end], image_of_row[start:end], row_in_image[start:end]
+            block = self._check_descriptors(self._read(descriptors, slice(start, end)), start)
+            yield block, image_of_row[start:end], row_in_image[start:end]
 
     def padded(self, indices: Sequence[int], max_features: int = 150, dtype=np.float32
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +275,9 @@ class ShardReader:
             ks = keep[group]
             span_end = int(max(self.offsets[indices[group]] + ks)) if len(group) else span_start
             if span_end > span_start and ks.sum():
-                scatter_top_rows(out, mask, group, descriptors[span_start:span_end],
+                block = self._check_descriptors(
+                    self._read(descriptors, slice(span_start, span_end)), span_start)
+                scatter_top_rows(out, mask, group, block,
                                  self.offsets[indices[group]] - span_start, ks)
             i = j
         return out, mask

@@ -79,6 +79,10 @@ class ImageFeatures:
             raise ValueError(f"{self.image_id}: global_descriptor must be (G,), got "
                              f"{np.shape(self.global_descriptor)}")
 
+    def summary_row(self) -> tuple[bool, str, int]:
+        """(ok, failure reason, number of features): what a run summary counts of an image."""
+        return self.ok, self.reason, self.num_features
+
     def sorted_by_score(self) -> "ImageFeatures":
         """A copy with features in descending score order (stable), as shards store them."""
         order = np.argsort(-self.scores.astype(np.float64), kind="stable")

@@ -7,15 +7,18 @@ docs/FORMAT.md). Every name below is part of the schema; changing any of them me
 schema version and a reader that still understands (or clearly refuses) the old one.
 
 Versions: 1 = local features only. 2 adds an optional per-image global descriptor
-(`images/global` and the `global_*` attributes; a shard without one has global_dim 0). Version 1
-shards and manifests are still read (as having no global descriptor); newer versions are refused.
+(`images/global` and the `global_*` attributes; a shard without one has global_dim 0). 3 adds
+what identified each input file (`images/input_size`, `images/input_mtime_ns`, compared on
+resume), fletcher32 checksums on every numeric dataset, and the manifest's `descriptor_norm`.
+Version 1 and 2 shards and manifests are still read (as having no global descriptor, no input
+stamps, no chunk checksums); newer versions are refused.
 """
 
 from __future__ import annotations
 
 FORMAT_NAME = "delfx-features"
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "delfx-manifest"
@@ -40,8 +43,13 @@ IMAGE_WIDTH = "images/width"      # int32: original image width (0 when the imag
 # dtype, the L2-normalised GeM vector of each image (a zero row for failed images).
 IMAGE_GLOBAL = "images/global"
 
+# v3: what identified the input file when it was extracted (-1 when it could not be stat'ed);
+# a resume redoes a shard whose inputs no longer match.
+IMAGE_INPUT_SIZE = "images/input_size"      # int64: bytes
+IMAGE_INPUT_MTIME = "images/input_mtime_ns"  # int64: modification time, ns since the epoch
+
 IMAGE_TABLE = (IMAGE_ID, IMAGE_OFFSET, IMAGE_COUNT, IMAGE_STATUS, IMAGE_REASON, IMAGE_MESSAGE,
-               IMAGE_HEIGHT, IMAGE_WIDTH)
+               IMAGE_HEIGHT, IMAGE_WIDTH, IMAGE_INPUT_SIZE, IMAGE_INPUT_MTIME)
 
 # Per-feature arrays: one row per keypoint; an image's rows are contiguous and sorted by
 # descending score, so "the top K features" of an image is its first min(K, count) rows.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,23 @@ log = logging.getLogger(__name__)
 
 # Temporary shard files are named `<final name>.partial-<pid>` until they are complete.
 PARTIAL_MARKER = ".partial-"
+# Free space kept in reserve below every write: HDF5 must still be able to write its metadata
+# when the file is closed, or it fails the close (and crashes the process at exit). So a write
+# that would leave less than this is refused before HDF5 sees it.
+SPACE_RESERVE = 4 << 20
+
+
+def ensure_space(directory: Path, nbytes: int) -> None:
+    """Raise OSError(ENOSPC) unless `nbytes` plus the reserve fit on `directory`'s device."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return  # cannot tell: let the write itself decide
+    free = st.f_bavail * st.f_frsize
+    if nbytes + SPACE_RESERVE > free:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free >> 20} MiB free, "
+                                    f"{(nbytes + SPACE_RESERVE) >> 20} MiB needed)",
+                      str(directory))
 
 
 class ShardWriter:
@@ -79,16 +97,21 @@ class ShardWriter:
         attrs[S.ATTR_GLOBAL_MODEL_ID] = global_model["id"] if global_model else ""
         attrs[S.ATTR_GLOBAL_MODEL_HASH] = global_model["hash"] if global_model else ""
         chunk = S.FEATURE_CHUNK_ROWS
+        # fletcher32 on every chunk: a flipped bit fails the read instead of becoming data (the
+        # checksum is verified on each chunk read, nearly free next to decompression-free I/O).
+        feature = dict(fletcher32=True)
         self._datasets = {
             S.FEATURE_LOCATIONS: self._file.create_dataset(
-                S.FEATURE_LOCATIONS, (0, 2), np.float32, maxshape=(None, 2), chunks=(chunk, 2)),
+                S.FEATURE_LOCATIONS, (0, 2), np.float32, maxshape=(None, 2), chunks=(chunk, 2),
+                **feature),
             S.FEATURE_SCALES: self._file.create_dataset(
-                S.FEATURE_SCALES, (0,), np.float32, maxshape=(None,), chunks=(chunk,)),
+                S.FEATURE_SCALES, (0,), np.float32, maxshape=(None,), chunks=(chunk,), **feature),
             S.FEATURE_SCORES: self._file.create_dataset(
-                S.FEATURE_SCORES, (0,), np.float32, maxshape=(None,), chunks=(chunk,)),
+                S.FEATURE_SCORES, (0,), np.float32, maxshape=(None,), chunks=(chunk,), **feature),
             S.FEATURE_DESCRIPTORS: self._file.create_dataset(
                 S.FEATURE_DESCRIPTORS, (0, self.descriptor_dim), self.descriptor_dtype,
-                maxshape=(None, self.descriptor_dim), chunks=(chunk, max(self.descriptor_dim, 1))),
+                maxshape=(None, self.descriptor_dim), chunks=(chunk, max(self.descriptor_dim, 1)),
+                **feature),
         }
 
     def __enter__(self) -> "ShardWriter":
@@ -104,8 +127,13 @@ class ShardWriter:
     def num_images(self) -> int:
         return len(self._ids)
 
-    def add(self, features: ImageFeatures) -> None:
-        """Append one image's record (features are stored sorted by descending score)."""
+    def add(self, features: ImageFeatures, stamp: tuple[int, int] = (-1, -1)) -> None:
+        """Append one image's record (features are stored sorted by descending score).
+
+        Args:
+            stamp: (size, mtime_ns) of the input file (`delfx.inputs.input_stamp`); (-1, -1)
+                when unknown.
+        """
         if self._closed:
             raise StoreError(f"shard {self.path.name} is already closed")
         if features.image_id in self._seen:
@@ -133,6 +161,8 @@ class ShardWriter:
         table[S.IMAGE_MESSAGE].append(features.message)
         table[S.IMAGE_HEIGHT].append(features.height)
         table[S.IMAGE_WIDTH].append(features.width)
+        table[S.IMAGE_INPUT_SIZE].append(int(stamp[0]))
+        table[S.IMAGE_INPUT_MTIME].append(int(stamp[1]))
         if n:
             self._pending.append(features)
             self._pending_rows += n
@@ -142,6 +172,8 @@ class ShardWriter:
     def _flush_features(self) -> None:
         if not self._pending:
             return
+        row_bytes = 4 * 4 + self.descriptor_dim * self.descriptor_dtype.itemsize
+        ensure_space(self.path.parent, self._pending_rows * row_bytes)
         start, end = self._rows, self._rows + self._pending_rows
         arrays = {
             S.FEATURE_LOCATIONS: np.concatenate([f.locations for f in self._pending]),
@@ -162,19 +194,21 @@ class ShardWriter:
             raise StoreError(f"shard {self.path.name} is already closed")
         try:
             self._flush_features()
+            ensure_space(self.path.parent, 200 * len(self._ids) + 8 * self.global_dim * len(self._ids))
             string = h5py.string_dtype("utf-8")
             self._file.create_dataset(S.IMAGE_ID, data=np.array(self._ids, dtype=object), dtype=string)
             dtypes = {S.IMAGE_OFFSET: np.int64, S.IMAGE_COUNT: np.int32, S.IMAGE_STATUS: np.uint8,
-                      S.IMAGE_HEIGHT: np.int32, S.IMAGE_WIDTH: np.int32}
+                      S.IMAGE_HEIGHT: np.int32, S.IMAGE_WIDTH: np.int32,
+                      S.IMAGE_INPUT_SIZE: np.int64, S.IMAGE_INPUT_MTIME: np.int64}
             for name, values in self._table.items():
                 if name in dtypes:
-                    self._file.create_dataset(name, data=np.asarray(values, dtype=dtypes[name]))
-                else:
+                    self._numeric(name, np.asarray(values, dtype=dtypes[name]))
+                else:  # HDF5 filters cannot apply to variable-length strings
                     self._file.create_dataset(name, data=np.array(values, dtype=object), dtype=string)
             if self.global_dim:
                 vectors = (np.stack(self._globals) if self._globals
                            else np.zeros((0, self.global_dim), np.float32))
-                self._file.create_dataset(S.IMAGE_GLOBAL, data=vectors.astype(self.descriptor_dtype))
+                self._numeric(S.IMAGE_GLOBAL, vectors.astype(self.descriptor_dtype))
             status = np.asarray(self._table[S.IMAGE_STATUS], dtype=np.uint8)
             attrs = self._file.attrs
             attrs[S.ATTR_NUM_IMAGES] = len(self._ids)
@@ -197,6 +231,12 @@ class ShardWriter:
         self.info = ShardInfo(self.shard_index, self.path.name, digest, size, len(self._ids), num_ok,
                               len(self._ids) - num_ok, self._rows)
         return self.info
+
+    def _numeric(self, name: str, values: np.ndarray) -> None:
+        """A table dataset with fletcher32 (which needs a chunked layout, even when empty)."""
+        chunks = (max(1, min(len(values), 1 << 16)),) + values.shape[1:]
+        self._file.create_dataset(name, data=values, chunks=chunks, fletcher32=True,
+                                  maxshape=(None,) + values.shape[1:])
 
     def abort(self) -> None:
         """Drop the shard: close and delete the temporary file (the final name is never touched)."""

@@ -145,17 +145,59 @@ def reference(images, tmp_path_factory):
     return _contents(out)
 
 
-def test_killed_worker_is_replaced(images, tmp_path, reference):
+def _descendants(pid: int) -> list:
+    """The processes a test started (`pid`) and everything they started: the only ones a test
+    may signal (never a process found by name: it may belong to someone else's run)."""
     import psutil
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _busy_worker(proc, timeout: float = 240):
+    """Our own Ray worker while it extracts (Ray titles it `ray::ExtractWorker.process`)."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before a worker could be killed"
+        for child in _descendants(proc.pid):
+            try:
+                if "ray::ExtractWorker.process" in " ".join(child.cmdline()):
+                    return child
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    raise AssertionError("no worker of this run started extracting in time")
+
+
+def _kill_tree(proc) -> None:
+    """SIGKILL a driver we started and every process it started (Ray's daemons outlive a
+    killed driver, re-parented to init); wait until all of them are gone."""
+    import psutil
+    family = _descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while family and time.monotonic() < deadline:
+        more = []
+        for p in family:
+            more += _descendants(p.pid)  # started by them meanwhile (a restarted worker)
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family + more, timeout=5)
+        family = alive + [p for p in more if p not in alive and p.is_running()]
+
+
+def test_killed_worker_is_replaced(images, tmp_path, reference):
     out = tmp_path / "features"
     proc = subprocess.Popen(DELFX + ["extract", str(images), str(out), "--shards", "6",
                                      "--chunk-size", "1", "--json", *SLOW_MODEL],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     _wait_for_shards(out, proc, 1)
-    workers = [p for p in psutil.process_iter(["cmdline"])
-               if "ray::ExtractWorker" in " ".join(p.info["cmdline"] or [])]
-    assert workers, "no Ray worker process found"
-    workers[0].kill()
+    _busy_worker(proc).kill()
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)  # only data on stdout, even when Ray reports the dead worker
@@ -164,26 +206,13 @@ def test_killed_worker_is_replaced(images, tmp_path, reference):
     _assert_same(_contents(out), reference)  # every image exactly once, same features
 
 
-def _kill_orphaned_ray_processes():
-    """Ray's dashboard and runtime-env agents outlive a SIGKILLed driver (re-parented to init)."""
-    import psutil
-    time.sleep(2)
-    for process in psutil.process_iter(["cmdline", "ppid"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if process.info["ppid"] == 1 and ("ray::" in cmdline or "raylet" in cmdline
-                                           or "gcs_server" in cmdline):
-            process.kill()
-
-
 def test_killed_driver_resumes_to_the_same_content(images, tmp_path, reference):
     out = tmp_path / "features"
     proc = subprocess.Popen(DELFX + ["extract", str(images), str(out), "--shards", "6",
                                      "--chunk-size", "1", *SLOW_MODEL],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     _wait_for_shards(out, proc, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    _kill_orphaned_ray_processes()
+    _kill_tree(proc)
     done_before = len(json.loads((out / "manifest.json").read_text())["shards"])
     assert done_before < 6
     summary = _summary(_extract(images, out, "--shards", "6", "--chunk-size", "1", *SLOW_MODEL))
@@ -255,10 +284,11 @@ def test_resume_refuses_other_settings_and_concurrent_runs(images, tmp_path):
     assert "refusing to resume" in other.stderr and "max_features: 500 then, 100 now" in other.stderr
     fewer = _extract(images, out, "--shards", "3", *FAST_MODEL, "--no-ray", check=False)
     assert "shards: 2 then, 3 now" in fewer.stderr
-    lock = out / ".delfx-extract.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": "now"}))
-    busy = _extract(images, out, "--shards", "2", *FAST_MODEL, "--no-ray", check=False)
+    from delfx.extractor.plan import RunLock
+    with RunLock(out):  # this test process holds the folder: a second run must be refused
+        busy = _extract(images, out, "--shards", "2", *FAST_MODEL, "--no-ray", check=False)
     assert busy.returncode == 1 and f"pid {os.getpid()}" in busy.stderr
-    lock.unlink()
+    # a lock file left by a dead run is no lock: the kernel released its flock
+    (out / ".delfx-extract.lock").write_text(json.dumps({"pid": 999999999, "host": "x"}))
     fresh = _summary(_extract(images, out, "--shards", "3", *FAST_MODEL, "--no-ray", "--overwrite"))
     assert fresh["shards_written"] == 3 and verify(out).ok
