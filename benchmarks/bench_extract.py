@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import emit
+from benchmarks.common import emit, learned_unavailable
 from delfx.config import PRESETS
 from delfx.inputs import list_images
 
@@ -35,6 +35,14 @@ ROWS = [
     ("delf-hybrid", "seed128", {}, 50),
     ("delf-hybrid", "fast", {}, 50),
     ("delf-hybrid", "delf", {}, 30),
+]
+# The learned models (the torch extra): only when it is installed (the report says when not).
+LEARNED_ROWS = [
+    ("xfeat", "seed128", {}, 100),
+    ("xfeat", "fast", {}, 100),
+    ("xfeat", "delf", {}, 100),
+    ("aliked", "fast", {}, 30),
+    ("disk", "fast", {}, 30),
 ]
 
 
@@ -74,7 +82,8 @@ def run(items, quick: bool, workdir: Path, repeats: int = 1) -> dict:
     from delfx.extractor.hub import HubModel
     from delfx.extractor.models import create_model
     rows = []
-    for model_name, preset, overrides, full_n in ROWS:
+    skipped = learned_unavailable()
+    for model_name, preset, overrides, full_n in ROWS + ([] if skipped else LEARNED_ROWS):
         n = min(len(items), max(2, full_n // 16) if quick else full_n)
         config = PRESETS[preset].replace(model=model_name, **overrides)
         model = create_model(config)
@@ -91,7 +100,7 @@ def run(items, quick: bool, workdir: Path, repeats: int = 1) -> dict:
     _warm(per_image, items)
     batched_rate = _repeated_rate(batched, items[:n], repeats)
     signature_rate = _repeated_rate(per_image, items[:n], repeats)
-    return {"rows": rows, "batched_vs_signature": {
+    return {"rows": rows, "learned_models_skipped": skipped, "batched_vs_signature": {
         "images": n, "batched_s_per_100": batched_rate["s_per_100"],
         "signature_s_per_100": signature_rate["s_per_100"],
         "speedup": signature_rate["s_per_100"] / batched_rate["s_per_100"]}}
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
                              f"{row['s_per_100_max']:.1f} over {row['repeats']} runs] "
                              f"({row['images']} images, {row['features_per_image']:.0f} "
                              f"features/image{share})"))
+    if result["learned_models_skipped"]:
+        table.append(("learned models", f"not run: {result['learned_models_skipped']}"))
     b = result["batched_vs_signature"]
     table.append(("seed128 batched vs signature", f"{b['batched_s_per_100']:.1f} vs "
                   f"{b['signature_s_per_100']:.1f} s/100 images: x{b['speedup']:.2f}"))

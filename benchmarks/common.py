@@ -109,3 +109,14 @@ def load_text(load_average: dict[str, list[float]], extra: str = "") -> str:
     """'1.20 before, 1.80 after (1-min, 2 cores)' for a report row."""
     return (f"{load_average['before'][0]:.2f} before, {load_average['after'][0]:.2f} after "
             f"(1-min, {os.cpu_count()} cores{extra})")
+
+
+def learned_unavailable() -> str | None:
+    """Why the learned models cannot run here (the torch extra is missing), or None."""
+    from delfx.errors import DelfxError
+    from delfx.extractor.torch_support import import_torch
+    try:
+        import_torch()
+    except DelfxError as exc:
+        return str(exc)
+    return None

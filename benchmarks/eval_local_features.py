@@ -9,7 +9,9 @@ The figures the DELF-extractor issue asks for, side by side in one run:
      (different landmarks, and landmark photo vs non-landmark photo), and the ROC AUC of the
      inlier count separating them;
    * leave-one-out retrieval: every photo queries all the others, the prediction is the landmark
-     of the photo with most inliers, scored by that count; GAP (Kaggle GLR definition) and top-1.
+     of the photo with most inliers, scored by that count; GAP (Kaggle GLR definition) and top-1;
+   * held-out landmarks: the same on every other landmark (the half `--train-delf landmarks-half`
+     never trains on) plus all non-landmark photos, the other half out of the gallery.
 2. Planar pairs with ground-truth homographies (``planar``): MNN matches -> homography RANSAC ->
    median error of the inliers under the *ground-truth* H, i.e. whether keypoint locations are
    right to the pixel; share of pairs under 3 px, Oxford and EVD apart.
@@ -18,12 +20,15 @@ Models: RootSIFT (shipped PCA-40, and raw 128-d), delf-vgg16 with the bundled he
 (norm keypoints, shipped PCA-40; presets ``fast`` and ``delf`` at long side 512), and the same
 VGG16 network with *random* weights (PCA-40 fitted on its own descriptors of delfx sample-data
 images, never on the evaluation photos): the control that shows what the weights contribute.
+With the torch extra installed, the learned models too (XFeat, ALIKED, DISK), each with mutual
+nearest neighbours and with its own LightGlue; and, as their resolution controls, RootSIFT and
+delf-hybrid at long side 1024. Verification ms/pair is matching + RANSAC of one pair.
 
 RANSAC thresholds are in pixels of the image the model saw (long side 512), as in
 ../shared/MEASURED.md: 8 px for RootSIFT keypoints, 20 px for the coarse CNN cells (stride 8 at
 scale 1, 16 at scale 0.5). They are converted to original-image pixels of image b per pair.
 
-    python -m benchmarks.eval_local_features                # full run, 20-30 min on 2 cores
+    python -m benchmarks.eval_local_features                # full run, ~2 h on 2 cores
     python -m benchmarks.eval_local_features --quick        # a few photos and pairs, < 2 min
     python -m benchmarks.eval_local_features --json out.json --data ../shared/data
 
@@ -44,7 +49,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, learned_unavailable
 from benchmarks.data import (Photo, landmark_halves, load_photos, load_planar_pairs,
                              planar_items, quick_planar_pairs, resolve_data_dir,
                              sample_data_photos, select_subset)
@@ -83,6 +88,8 @@ class ModelSpec:
     threshold_px: float
     random_weights: bool = False
     pca_sample: tuple[int, int, int, int] = (10, 2, 4, 512)
+    matcher: str = "mnn"                 # or "lightglue" (learned models: their own matcher)
+    max_distance: float | None = None    # MNN: drop pairs farther apart (L2 of unit vectors)
 
 
 def default_specs(max_side: int = MAX_SIDE, quick: bool = False) -> list[ModelSpec]:
@@ -102,8 +109,36 @@ def default_specs(max_side: int = MAX_SIDE, quick: bool = False) -> list[ModelSp
         # The published recipe's 7 scales (0.25-2.0) at our 512 cap: ~2x the cost of `fast`.
         delf = PRESETS["delf"].replace(model="delf-vgg16", max_side=max_side)
         specs.append(ModelSpec("delf-vgg16 hed delf", delf, CELL_THRESHOLD_PX))
+        # Controls for the learned models at 1024: the SIFT models at the same resolution (more
+        # keypoints, threshold scaled with the image), so no row wins by resolution alone.
+        big = 2 * max_side
+        specs.append(ModelSpec(f"rootsift pca40 {big}", rootsift.replace(
+            max_side=big, max_features=2000), SIFT_THRESHOLD_PX * 2))
+        specs.append(ModelSpec(f"delf-hybrid pca40 {big}", hybrid_config(big).replace(
+            max_features=2000), SIFT_THRESHOLD_PX * 2))
+    specs += learned_specs(quick)
     specs.append(ModelSpec("delf-vgg16 random fast", fast, CELL_THRESHOLD_PX, random_weights=True,
                            pca_sample=(3, 1, 2, 320) if quick else (10, 2, 4, 512)))
+    return specs
+
+
+def learned_specs(quick: bool = False) -> list[ModelSpec]:
+    """The learned models (the torch extra), when installed: each with mutual nearest
+    neighbours (top 2048 keypoints) and with its own learned matcher (top 1024: its cost grows
+    with the keypoints squared), at long side 512, and XFeat also at 1024 (ALIKED and DISK cost
+    more than delf-hybrid there). Threshold: 1% of the working image's long side, as for SIFT at
+    512 (8 px, 16 px at 1024)."""
+    if learned_unavailable():
+        return []
+    specs = []
+    runs = [("xfeat", 512)] if quick else [("xfeat", 512), ("xfeat", 1024), ("aliked", 512),
+                                           ("disk", 512)]
+    for name, side in runs:
+        config = ExtractConfig(model=name, max_side=side, max_features=2048, descriptor_dim=0)
+        threshold = SIFT_THRESHOLD_PX * side / MAX_SIDE
+        specs.append(ModelSpec(f"{name} mnn {side}", config, threshold))
+        specs.append(ModelSpec(f"{name} lightglue {side}", config.replace(max_features=1024),
+                               threshold, matcher="lightglue"))
     return specs
 
 
@@ -244,10 +279,12 @@ def working_scale(features: ImageFeatures, config: ExtractConfig) -> float:
 # --------------------------------------------------------------------------------------------
 
 def _verified_inliers(fa: ImageFeatures, fb: ImageFeatures, config: ExtractConfig,
-                      threshold_px: float, model: str = "affine"):
+                      threshold_px: float, model: str = "affine", matcher: str = "mnn",
+                      max_distance: float | None = None):
     """(matches, Verification) of a -> b with the threshold converted to b's original pixels."""
-    from delfx.index.geometry import mutual_nearest_neighbours, verify_pair
-    matches = mutual_nearest_neighbours(fa.descriptors, fb.descriptors)
+    from delfx.index.geometry import verify_pair
+    from delfx.index.matchers import match
+    matches = match(fa, fb, matcher, config.model, max_distance)
     threshold = threshold_px / working_scale(fb, config)
     return matches, verify_pair(fa.locations, fb.locations, matches, model=model,
                                 residual_threshold=threshold,
@@ -255,7 +292,8 @@ def _verified_inliers(fa: ImageFeatures, fb: ImageFeatures, config: ExtractConfi
 
 
 def pair_inliers(features: Mapping[str, ImageFeatures], ids: Sequence[str],
-                 config: ExtractConfig, threshold_px: float) -> np.ndarray:
+                 config: ExtractConfig, threshold_px: float, matcher: str = "mnn",
+                 max_distance: float | None = None) -> np.ndarray:
     """Symmetric matrix of verified inlier counts (MNN + affine RANSAC) over `ids`.
 
     Each unordered pair is verified once, a -> b with a before b in `ids`, and mirrored: MNN is
@@ -276,7 +314,8 @@ def pair_inliers(features: Mapping[str, ImageFeatures], ids: Sequence[str],
     for i in range(n):
         for j in range(i + 1, n):
             fa, fb = features[ids[i]], features[ids[j]]
-            _, v = _verified_inliers(fa, fb, config, threshold_px)
+            _, v = _verified_inliers(fa, fb, config, threshold_px, matcher=matcher,
+                                     max_distance=max_distance)
             out[i, j] = out[j, i] = v.inliers
     return out
 
@@ -388,7 +427,8 @@ def loo_retrieval(inliers: np.ndarray, ids: Sequence[str], landmarks: Sequence[s
 # --------------------------------------------------------------------------------------------
 
 def planar_errors(features: Mapping[str, ImageFeatures], rows: Sequence[dict[str, str]],
-                  data_dir: Path, config: ExtractConfig, threshold_px: float
+                  data_dir: Path, config: ExtractConfig, threshold_px: float,
+                  matcher: str = "mnn", max_distance: float | None = None
                   ) -> list[dict[str, Any]]:
     """Per pair: MNN matches -> homography RANSAC -> inliers' error under the ground-truth H.
 
@@ -401,7 +441,8 @@ def planar_errors(features: Mapping[str, ImageFeatures], rows: Sequence[dict[str
     for row in rows:
         fa, fb = features[row["image_a"]], features[row["image_b"]]
         truth = load_homography(Path(data_dir) / row["homography_file"])
-        matches, v = _verified_inliers(fa, fb, config, threshold_px, model="homography")
+        matches, v = _verified_inliers(fa, fb, config, threshold_px, model="homography",
+                                       matcher=matcher, max_distance=max_distance)
         median = np.inf
         if v.transform is not None and v.inliers:
             keep = v.inlier_mask
@@ -444,9 +485,26 @@ def planar_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # Driver
 # --------------------------------------------------------------------------------------------
 
+def held_out_retrieval(inliers: np.ndarray, photos: Sequence[Photo]) -> dict[str, Any]:
+    """Leave-one-out retrieval on the held-out half only: the landmarks `landmark_halves` keeps
+    for evaluation (never trained or tuned on, in `--train-delf landmarks-half`) plus every
+    non-landmark photo, the other half removed from the gallery. Pairs are verified one at a
+    time, so this is the full matrix restricted to those photos."""
+    _, evaluation = landmark_halves(photos)
+    keep = {p.image_id for p in evaluation}
+    index = [i for i, p in enumerate(photos) if p.image_id in keep]
+    sub = inliers[np.ix_(index, index)]
+    chosen = [photos[i] for i in index]
+    landmarks = [p.landmark for p in chosen]
+    return {**loo_retrieval(sub, [p.image_id for p in chosen], landmarks),
+            "auc": separation(sub, landmarks)["auc"],
+            "landmarks": len({p.landmark for p in chosen if p.landmark})}
+
+
 def evaluate_model(spec: ModelSpec, photos: Sequence[Photo], planar_rows: Sequence[dict[str, str]],
-                   data_dir: Path, log=print) -> dict[str, Any]:
-    """Everything for one model: extraction once, then landmarks and planar from memory."""
+                   data_dir: Path, log=print, held_out: bool = True) -> dict[str, Any]:
+    """Everything for one model: extraction once, then landmarks and planar from memory.
+    `held_out`: also score the held-out-landmark protocol (held_out_retrieval)."""
     start = time.perf_counter()
     model, post_pca, note = build_model(spec)
     build_s = time.perf_counter() - start
@@ -457,8 +515,10 @@ def evaluate_model(spec: ModelSpec, photos: Sequence[Photo], planar_rows: Sequen
     log(f"  {spec.label}: {len(items)} photos extracted, {ext.seconds_per_image:.2f} s/image, "
         f"{ext.features_per_image:.0f} features/image")
     start = time.perf_counter()
-    inliers = pair_inliers(ext.features, ids, spec.config, spec.threshold_px)
+    inliers = pair_inliers(ext.features, ids, spec.config, spec.threshold_px, spec.matcher,
+                           spec.max_distance)
     match_s = time.perf_counter() - start
+    pairs = len(ids) * (len(ids) - 1) // 2
     result: dict[str, Any] = {
         "label": spec.label, "model": note, "config": spec.config.to_dict(),
         "random_weights": spec.random_weights, "threshold_px_working": spec.threshold_px,
@@ -466,11 +526,16 @@ def evaluate_model(spec: ModelSpec, photos: Sequence[Photo], planar_rows: Sequen
         "extract_s_per_image": ext.seconds_per_image,
         "extract_cpu_s_per_image": ext.cpu_seconds_per_image,
         "features_per_image": ext.features_per_image,
-        "matching_s": match_s, "separation": separation(inliers, landmarks),
+        "matching_s": match_s, "matcher": spec.matcher,
+        "verification_ms_per_pair": 1000 * match_s / max(pairs, 1),
+        "separation": separation(inliers, landmarks),
         "retrieval": loo_retrieval(inliers, ids, landmarks)}
+    if held_out:
+        result["held_out"] = held_out_retrieval(inliers, photos)
     if planar_rows:
         pext = extract_all(model, planar_items(data_dir, planar_rows), post_pca, warm_up=False)
-        rows = planar_errors(pext.features, planar_rows, data_dir, spec.config, spec.threshold_px)
+        rows = planar_errors(pext.features, planar_rows, data_dir, spec.config, spec.threshold_px,
+                             spec.matcher, spec.max_distance)
         result["planar"] = {"pairs": rows, "summary": planar_summary(rows),
                             "extract_s_per_image": pext.seconds_per_image}
     del model  # free the network before the next one is built
@@ -495,7 +560,9 @@ def report_table(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         table.append((f"{label} | extract", f"{r['extract_s_per_image']:.2f} s/image "
                       f"(CPU {r['extract_cpu_s_per_image']:.2f} s), "
                       f"{r['features_per_image']:.0f} features/image, RANSAC "
-                      f"{r['threshold_px_working']:g} px @ working res"))
+                      f"{r['threshold_px_working']:g} px @ working res; matcher "
+                      f"{r.get('matcher', 'mnn')}, "
+                      f"{r.get('verification_ms_per_pair', float('nan')):.1f} ms/pair"))
         table.append((f"{label} | pairs", f"pos mean/median {sep['pos_mean']:.1f}/"
                       f"{sep['pos_median']:.0f}, neg {sep['neg_mean']:.1f}/{sep['neg_median']:.0f} "
                       f"(p99 {sep['neg_p99']:.0f}), AUC {sep['auc']:.3f} (per query "
@@ -505,6 +572,12 @@ def report_table(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
                       f"({ret['landmark_queries']} landmark queries; "
                       f"{ret['non_landmark_queries_with_prediction']}/"
                       f"{ret['non_landmark_queries']} non-landmark queries got a prediction)"))
+        held = r.get("held_out")
+        if held:
+            table.append((f"{label} | held-out", f"GAP {held['gap']:.3f}, top-1 "
+                          f"{held['top1']:.3f}, AUC {held['auc']:.3f} ({held['landmarks']} "
+                          f"held-out landmarks, {held['landmark_queries']} queries + "
+                          f"{held['non_landmark_queries']} non-landmark)"))
         if "planar" in r:
             summary = r["planar"]["summary"]
             table.append((f"{label} | planar Oxford", _fmt_planar(summary, "Oxford")))
@@ -526,6 +599,8 @@ def table_for(output: Mapping[str, Any]) -> list[tuple[str, str]]:
                       f"{final.get('val_loss', float('nan')):.3f}, "
                       f"{training['train_seconds']:.0f} s"))
     table += report_table(output["models"])
+    if output.get("learned_models_skipped"):
+        table.append(("learned models", f"not run: {output['learned_models_skipped']}"))
     table.append(("reference (MEASURED.md)", "RootSIFT MNN affine 8 px GAP 0.52 / top-1 0.53; "
                                              "VGG16 norm top-500 affine 20 px GAP 0.19 / 0.23"))
     before, after = output["loadavg_before"], output["loadavg_after"]
@@ -595,7 +670,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for spec in specs:
         log(f"[{time.perf_counter() - start:6.0f} s] {spec.label}")
-        results.append(evaluate_model(spec, photos, planar_rows, data_dir, log))
+        results.append(evaluate_model(spec, photos, planar_rows, data_dir, log,
+                                      held_out=not args.train_delf and not args.sample_data))
     total = time.perf_counter() - start
     n_land = sum(p.landmark is not None for p in photos)
     output = {
@@ -610,6 +686,8 @@ def main(argv: list[str] | None = None) -> dict:
             k: training[k] for k in ("trained_on", "classes", "images", "train_images",
                                      "validation_images", "final", "train_seconds")},
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        # a row left out is said, never silently missing
+        "learned_models_skipped": learned_unavailable(),
         "reference_measured_md": {"rootsift_mnn_affine8": {"gap": 0.52, "top1": 0.53},
                                   "vgg16_norm_top500_affine20": {"gap": 0.19, "top1": 0.23}},
     }

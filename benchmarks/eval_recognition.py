@@ -3,8 +3,11 @@ each with raw scores and with a calibration, scored with GAP with non-landmark d
 
 Protocol (landmarks-dev: 22 landmarks x 3 photos + 22 non-landmark photos):
 
-* RootSIFT (``ExtractConfig(model="rootsift", max_side=512)``) features are extracted ONCE per
-  photo into one feature set (``run_extraction`` with ``InProcessExecutor``).
+* Per model (``--models``; default RootSIFT, delf-hybrid and, with the torch extra, XFeat at
+  long side 1024 with its LighterGlue; others at ``ExtractConfig(model=..., max_side=512)``)
+  the features are extracted ONCE per photo into one feature set (``run_extraction`` with
+  ``InProcessExecutor``), and everything below runs on it with the model's default matcher
+  (``auto``: a learned model's own LightGlue, else mutual nearest neighbours).
 * 3 folds. In fold f, photo number f of every landmark (photos sorted by file name) is the
   query and the other photos of that landmark are the gallery / training images. Every
   non-landmark photo is a query in every fold (a distractor: the right answer is "no landmark").
@@ -53,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import emit, load_text
+from benchmarks.common import emit, learned_unavailable, load_text
 from benchmarks.data import (extract, load_photos, make_folds, quick_subset,
                              resolve_data_dir, write_subset)
 from delfx.errors import DelfxError
@@ -75,8 +78,8 @@ log = logging.getLogger("eval_recognition")
 # One fold
 # --------------------------------------------------------------------------------------------
 
-def run_fold(fold: dict[str, Any], full_dir: Path, workdir: Path, epochs: int
-             ) -> dict[str, Any]:
+def run_fold(fold: dict[str, Any], full_dir: Path, workdir: Path, epochs: int,
+             matcher: str = "auto") -> dict[str, Any]:
     from delfx.classifier.model import ClassifierConfig
     from delfx.recognition.classify import calibration_queries, fit_calibration
     from delfx.recognition.recognize import RecognitionConfig, Recognizer
@@ -111,7 +114,8 @@ def run_fold(fold: dict[str, Any], full_dir: Path, workdir: Path, epochs: int
 
     with FeatureSet(gallery_dir) as gallery:
         index = GalleryIndex(index_dir)
-        search = SearchConfig.for_model(gallery.manifest.model_id)
+        search = SearchConfig.for_model(gallery.manifest.model_id, matcher=matcher)
+        out["matcher"] = search.matcher
         for mode in MODES:
             config = RecognitionConfig(mode=mode, search=search)
             kw = {"index": index if mode != "classifier" else None,
@@ -186,13 +190,61 @@ def score(folds: list[dict[str, Any]], truth: dict[str, str | None]) -> dict[str
     return results
 
 
+def parse_model(text: str) -> tuple[str, ExtractConfig, str]:
+    """'name[@long_side][:matcher]' -> (label, extraction config, matcher); e.g. 'rootsift',
+    'xfeat@1024', 'xfeat:mnn'. The matcher defaults to auto (a learned model's LightGlue)."""
+    from delfx.config import MATCHERS, MODEL_NAMES
+    spec, _, matcher = text.strip().partition(":")
+    name, _, side = spec.partition("@")
+    if name not in MODEL_NAMES or name in ("auto", "tfhub", "delf-resnet50"):
+        raise SystemExit(f"eval_recognition: unknown model {name!r} in --models")
+    if (matcher or "auto") not in MATCHERS or (side and not side.isdigit()):
+        raise SystemExit(f"eval_recognition: bad --models entry {text!r} "
+                         f"(name[@long_side][:matcher])")
+    config = ExtractConfig(model=name, max_side=int(side) if side else MAX_SIDE)
+    return text.strip(), config, matcher or "auto"
+
+
+def default_models(quick: bool) -> str:
+    """RootSIFT (the classical baseline), delf-hybrid and, with the torch extra, XFeat at
+    1024 with its LighterGlue (--quick: RootSIFT only)."""
+    if quick:
+        return "rootsift"
+    return "rootsift,delf-hybrid" + ("" if learned_unavailable() else ",xfeat@1024")
+
+
+def evaluate_model(text: str, photos, folds, workdir: Path, epochs: int) -> dict[str, Any]:
+    """Extract once, run every fold, score: one model's part of the report."""
+    label, config, matcher = parse_model(text)
+    extraction = extract(photos, config, workdir / "features")
+    log.info("%s: extracted %d photos", label, extraction["ok"])
+    fold_results = [run_fold(fold, workdir / "features", workdir, epochs, matcher)
+                    for fold in folds]
+    truth = {f"{fold['fold']}:{p.image_id}": p.landmark for fold in folds
+             for p in fold["queries"]}
+    return {"label": label, "config": config.to_dict(), "matcher": fold_results[0]["matcher"],
+            "extraction": extraction, "results": score(fold_results, truth),
+            "folds": fold_results}
+
+
 def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    ex, res = report["extraction"], report["results"]
     rows = [("protocol", report["protocol"]),
-            ("features", f"{ex['model_id']}: {ex['ok']} photos, {ex['features_per_image']:.0f} "
-             f"features/photo, extraction {ex['seconds_per_image']:.2f} s/photo"),
             ("queries", f"{report['landmark_queries']} landmark + {report['distractor_queries']} "
-             f"non-landmark (pooled over {len(report['folds'])} fold(s))")]
+             f"non-landmark (pooled over {report['fold_count']} fold(s))")]
+    for model in report["models"].values():
+        rows += [(f"[{model['label']}] {name}", text) for name, text in model_rows(model)]
+    rows.append(("reference", "MEASURED.md: RootSIFT + MNN + affine RANSAC leave-one-out GAP 0.52 "
+                 "/ top-1 0.53 (all other photos as gallery, no distractor queries)"))
+    rows.append(("load average", load_text(report["load_average"])))
+    rows.append(("wall time", f"{report['seconds']:.0f} s"))
+    return rows
+
+
+def model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    ex, res = report["extraction"], report["results"]
+    rows = [("features", f"{ex['model_id']}: {ex['ok']} photos, {ex['features_per_image']:.0f} "
+             f"features/photo, extraction {ex['seconds_per_image']:.2f} s/photo; matcher "
+             f"{report['matcher']}")]
     for fold in report["folds"]:
         t = fold["train"]
         rows.append((f"fold {fold['fold']}", f"gallery {fold['gallery_images']}, queries "
@@ -221,10 +273,6 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if inl:
         rows.append(("distractor top inliers", f"retrieval: median {statistics.median(inl):.0f}, "
                      f"max {max(inl)}, >= 20: {sum(i >= 20 for i in inl)} of {len(inl)}"))
-    rows.append(("reference", "MEASURED.md: RootSIFT + MNN + affine RANSAC leave-one-out GAP 0.52 "
-                 "/ top-1 0.53 (all other photos as gallery, no distractor queries)"))
-    rows.append(("load average", load_text(report["load_average"])))
-    rows.append(("wall time", f"{report['seconds']:.0f} s"))
     return rows
 
 
@@ -235,6 +283,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--models", default=None,
+                        help="comma-separated name[@long_side][:matcher], e.g. "
+                             "'rootsift,xfeat@1024,xfeat@1024:mnn' (default: rootsift, "
+                             "delf-hybrid and, with the torch extra, xfeat@1024; --quick: "
+                             "rootsift)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep intermediate files here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -246,36 +299,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         photos = quick_subset(photos)
     folds = make_folds(photos)[:1 if args.quick else FOLDS]
-    config = ExtractConfig(model="rootsift", max_side=MAX_SIDE)
+    entries = [e for e in (args.models or default_models(args.quick)).split(",") if e.strip()]
+    for entry in entries:
+        parse_model(entry)  # every entry checked before the first extraction
+    models = {}
     with tempfile.TemporaryDirectory(prefix="eval-recognition-") as tmp:
-        workdir = args.workdir or Path(tmp)
-        extraction = extract(photos, config, workdir / "features")
-        log.info("extracted %d photos", extraction["ok"])
-        fold_results = [run_fold(fold, workdir / "features", workdir, args.epochs)
-                        for fold in folds]
+        for i, entry in enumerate(entries):
+            workdir = (args.workdir or Path(tmp)) / f"model{i}"
+            model = evaluate_model(entry, photos, folds, workdir, args.epochs)
+            models[model["label"]] = model
     truth = {f"{fold['fold']}:{p.image_id}": p.landmark for fold in folds
              for p in fold["queries"]}
     protocol = (f"{len(folds)} fold(s); fold f: photo f (by file name) of each landmark is the "
                 f"query (if the landmark has that many photos), its other photos the "
                 f"gallery/training images; every non-landmark photo is a "
-                f"query in every fold (distractor); RootSIFT max_side {MAX_SIDE}; classifier "
-                f"validation_share 0 (1-2 training images for most classes), "
+                f"query in every fold (distractor); long side {MAX_SIDE} unless the model "
+                f"says; classifier validation_share 0 (1-2 training images for most classes), "
                 f"{args.epochs} epochs, seed 0; calibration "
                 f"leave-one-out on all gallery images; GAP pooled over folds")
-    report = {"protocol": protocol, "quick": args.quick, "config": config.to_dict(),
-              "extraction": extraction,
+    skipped = None if args.models or args.quick else learned_unavailable()
+    report = {"protocol": protocol, "quick": args.quick, "models": models,
+              "learned_models_skipped": skipped, "fold_count": len(folds),
               "landmark_queries": sum(1 for t in truth.values() if t),
               "distractor_queries": sum(1 for t in truth.values() if not t),
-              "results": score(fold_results, truth),
-              "folds": fold_results,
               "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
               "seconds": time.perf_counter() - start_all}
-    folds_summary = [{k: v for k, v in fr.items() if k != "modes"} | {"modes": {
-        m: {"calibration_s": fr["modes"][m].get("calibration_s")} for m in MODES}}
-        for fr in fold_results]
-    emit("eval_recognition" + (" (quick)" if args.quick else ""), report,
-         table_rows({**report, "folds": folds_summary}), args.json)
+    summary = {**report, "models": {label: {**m, "folds": [
+        {k: v for k, v in fr.items() if k != "modes"} | {"modes": {
+            mode: {"calibration_s": fr["modes"][mode].get("calibration_s")} for mode in MODES}}
+        for fr in m["folds"]]} for label, m in models.items()}}
+    rows = table_rows(summary)
+    if skipped:
+        rows.insert(1, ("learned models", f"not run: {skipped}"))
+    emit("eval_recognition" + (" (quick)" if args.quick else ""), report, rows, args.json)
     return report
+
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import emit, load_text
+from benchmarks.common import emit, learned_unavailable, load_text
 from benchmarks.data import NUM_SHARDS, Photo, extract, load_photos, quick_subset, resolve_data_dir
 from delfx.config import PRESETS, ExtractConfig
 from delfx.metrics import gap, predictions_from
@@ -75,11 +75,13 @@ class ModelSpec:
 
     label: str
     config: ExtractConfig
+    matcher: str = "mnn"
 
 
 def default_specs(quick: bool = False, max_side: int = MAX_SIDE) -> list[ModelSpec]:
-    """RootSIFT PCA-40 and 128-d, delf-hybrid (the offline default) and delf-vgg16 `fast`
-    (--quick: RootSIFT PCA-40 only)."""
+    """RootSIFT PCA-40 and 128-d, delf-hybrid and delf-vgg16 `fast`, and with the torch extra
+    XFeat (long side 1024, as `delfx extract --model xfeat` by default) with mutual nearest
+    neighbours and with LighterGlue (--quick: RootSIFT PCA-40, and XFeat at 512 with MNN)."""
     rootsift = ExtractConfig(model="rootsift", max_side=max_side)
     specs = [ModelSpec("rootsift pca40", rootsift)]
     if not quick:
@@ -88,6 +90,14 @@ def default_specs(quick: bool = False, max_side: int = MAX_SIDE) -> list[ModelSp
                                                                max_side=max_side)),
                   ModelSpec("delf-vgg16 fast",
                             PRESETS["fast"].replace(model="delf-vgg16", max_side=max_side))]
+    if learned_unavailable() is None:
+        if quick:
+            specs.append(ModelSpec("xfeat 512 mnn", ExtractConfig(model="xfeat", max_side=512)))
+        else:
+            xfeat = ExtractConfig(model="xfeat", max_side=2 * max_side)
+            specs += [ModelSpec("xfeat 1024 mnn", xfeat),
+                      ModelSpec("xfeat 1024 lightglue", xfeat.replace(max_features=1024),
+                                matcher="lightglue")]
     return specs
 
 
@@ -163,7 +173,7 @@ def retrieval_metrics(ranked: Mapping[str, Sequence[tuple[str, int]]],
 # Pipeline
 # --------------------------------------------------------------------------------------------
 
-def indexed_search(feature_dir: Path, index_dir: Path) -> dict[str, Any]:
+def indexed_search(feature_dir: Path, index_dir: Path, matcher: str = "mnn") -> dict[str, Any]:
     """build_index, then leave-one-out search_many of every photo; timings and shortlists."""
     from delfx.index.faiss_index import GalleryIndex, build_index
     from delfx.index.search import SearchConfig, search_many, vote
@@ -173,7 +183,7 @@ def indexed_search(feature_dir: Path, index_dir: Path) -> dict[str, Any]:
     build_s = time.perf_counter() - start
     with FeatureSet(feature_dir) as gallery:
         index = GalleryIndex(index_dir)
-        config = SearchConfig.for_model(gallery.manifest.model_id)
+        config = SearchConfig.for_model(gallery.manifest.model_id, matcher=matcher)
         queries = list(gallery)  # read before timing: the queries' features come from the store
         ranked: dict[str, list[tuple[str, int]]] = {}
         per_query: list[float] = []
@@ -199,22 +209,23 @@ def indexed_search(feature_dir: Path, index_dir: Path) -> dict[str, Any]:
     return {"factory": meta.factory, "vectors": meta.num_vectors, "build_s": build_s,
             "config": {"k": config.k, "max_distance": config.max_distance,
                        "shortlist": config.shortlist, "top": config.top, "model": config.ransac,
-                       "relative_threshold": config.relative_threshold},
+                       "relative_threshold": config.relative_threshold,
+                       "matcher": config.matcher},
             "ranked": ranked, "shortlists": shortlists, "per_query_s": per_query,
             "vote_s": vote_s}
 
 
-def exhaustive_search(feature_dir: Path, top: int) -> dict[str, Any]:
+def exhaustive_search(feature_dir: Path, top: int, matcher: str = "mnn") -> dict[str, Any]:
     """Every query verified against every other photo, with search_one's matcher and RANSAC.
 
-    Same mutual-NN matches, RANSAC model, relative threshold and seed as the SearchConfig
-    defaults; ranked by inliers (ties: gallery id), cut to `top` like the indexed results.
+    Same matcher, RANSAC model, relative threshold and seed as the SearchConfig defaults
+    (verify_candidates itself); ranked by inliers (ties: gallery id), cut to `top` like the
+    indexed results.
     """
-    from delfx.index.geometry import mutual_nearest_neighbours, verify_pairs
-    from delfx.index.search import SearchConfig
+    from delfx.index.search import SearchConfig, verify_candidates
     from delfx.store import FeatureSet
     with FeatureSet(feature_dir) as gallery:
-        config = SearchConfig.for_model(gallery.manifest.model_id)
+        config = SearchConfig.for_model(gallery.manifest.model_id, matcher=matcher)
         records = [r for r in gallery]
     ranked: dict[str, list[tuple[str, int]]] = {}
     per_query: list[float] = []
@@ -225,11 +236,7 @@ def exhaustive_search(feature_dir: Path, top: int) -> dict[str, Any]:
             ranked[query.image_id] = []
             per_query.append(time.perf_counter() - start)
             continue
-        pairs = [(query.locations, other.locations,
-                  mutual_nearest_neighbours(query.descriptors, other.descriptors),
-                  {"image_size_b": (other.height, other.width)}) for other in others]
-        verified = verify_pairs(pairs, workers=config.workers, model=config.ransac,
-                                relative_threshold=config.relative_threshold, seed=config.seed)
+        verified = verify_candidates(query, others, config)
         order = sorted(zip(others, verified), key=lambda t: (-t[1].inliers, t[0].image_id))
         ranked[query.image_id] = [(o.image_id, v.inliers) for o, v in order[:top]]
         per_query.append(time.perf_counter() - start)
@@ -271,8 +278,8 @@ def evaluate_model(spec: ModelSpec, photos: Sequence[Photo], workdir: Path) -> d
     load_before = os.getloadavg()
     features = Path(workdir) / "features"
     extraction = extract(photos, spec.config, features)
-    indexed = indexed_search(features, Path(workdir) / "index")
-    exhaustive = exhaustive_search(features, indexed["config"]["top"])
+    indexed = indexed_search(features, Path(workdir) / "index", spec.matcher)
+    exhaustive = exhaustive_search(features, indexed["config"]["top"], spec.matcher)
     return {
         "label": spec.label, "config": spec.config.to_dict(), "extraction": extraction,
         "index": {k: indexed[k] for k in ("factory", "vectors", "build_s", "config")},

@@ -113,7 +113,12 @@ def _local_features(d: dict) -> Headline:
     where = d.get("evaluation_photos", "landmarks-dev")
     return [(f"{where}, leave-one-out: {m['label']}",
              f"GAP {m['retrieval']['gap']:.3f}, top-1 {m['retrieval']['top1']:.3f}, "
-             f"pair AUC {m['separation']['auc']:.3f}") for m in d["models"]]
+             f"pair AUC {m['separation']['auc']:.3f}"
+             + (f"; held-out landmarks GAP {m['held_out']['gap']:.3f}" if m.get("held_out") else "")
+             + (f"; {m['extract_s_per_image'] * 100:.0f} s/100 images, "
+                f"{m['verification_ms_per_pair']:.0f} ms/pair ({m['matcher']})"
+                if "verification_ms_per_pair" in m else ""))
+            for m in d["models"]]
 
 
 def _retrieval(d: dict) -> Headline:
@@ -125,9 +130,12 @@ def _retrieval(d: dict) -> Headline:
 
 
 def _recognition(d: dict) -> Headline:
-    res = d["results"]
-    return [(f"recognition, {mode} ({kind})", f"GAP {r['gap']:.3f}, top-1 {r['top1']:.3f}")
-            for mode, kinds in res.items() for kind, r in kinds.items()]
+    # one model per report before delfx 0.3 ("results"), several since ("models")
+    models = d.get("models") or {"rootsift": {"results": d["results"]}}
+    return [(f"recognition: {label} {mode} ({kind})",
+             f"GAP {r['gap']:.3f}, top-1 {r['top1']:.3f}")
+            for label, m in models.items() for mode, kinds in m["results"].items()
+            for kind, r in kinds.items()]
 
 
 def _global(d: dict) -> Headline:

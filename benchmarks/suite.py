@@ -103,13 +103,18 @@ STAGES: tuple[Stage, ...] = (
           "Training and inference of the bottleneck heads over stored features; batched against "
           "per-image inference."),
     Stage("local_features", "eval_local_features", "Local features on real photos",
-          "Leave-one-out retrieval GAP, positive/negative inlier separation and planar homography "
-          "errors of each local-feature model on ../shared/data: RootSIFT (the classical "
-          "baseline), delf-hybrid (the offline default) and the untrained built-in DELF network.",
-          full=("--models", "rootsift,delf-hybrid,hed fast"), needs_shared=True,
-          notes="All pairs are matched with mutual nearest neighbours and verified with affine "
-                "RANSAC (8 px for SIFT keypoints, 20 px for CNN cells, at long side 512); every "
-                "other photo is the gallery and the non-landmark photos are distractors."),
+          "Leave-one-out and held-out-landmark retrieval GAP, positive/negative inlier separation "
+          "and planar homography errors of each local-feature model on ../shared/data: RootSIFT "
+          "(the classical baseline), delf-hybrid, the untrained built-in DELF network and the "
+          "learned models of the torch extra (XFeat, ALIKED, DISK) with mutual nearest "
+          "neighbours and with their own LightGlue.",
+          full=("--models", "rootsift pca40,delf-hybrid pca40,hed fast,xfeat,aliked,disk"),
+          needs_shared=True,
+          notes="Every pair is matched (mutual nearest neighbours, or the model's LightGlue) and "
+                "verified with affine RANSAC (1% of the working image's long side for keypoints: "
+                "8 px at 512, 16 px at 1024; 20 px for CNN cells); every other photo is the "
+                "gallery and the non-landmark photos are distractors. Held-out: every other "
+                "landmark only (the half train-delf never sees)."),
     Stage("local_features_trained", "eval_local_features", "Trained DELF attention on held-out landmarks",
           "`delfx train-delf` trains the attention head on every other landmark of landmarks-dev; "
           "every model is then evaluated on the other landmarks plus all non-landmark photos.",
@@ -125,10 +130,12 @@ STAGES: tuple[Stage, ...] = (
                  "--models", "rootsift pca40,trained"),
           full=("--sample-data", "--train-delf", "sample-data")),
     Stage("retrieval", "eval_retrieval", "Retrieval on real photos",
-          "The delfx index + search pipeline (FAISS, voting, RANSAC) on the real photos.",
+          "The delfx index + search pipeline (FAISS, voting, matcher + RANSAC) on the real "
+          "photos, per feature model.",
           needs_shared=True),
     Stage("recognition", "eval_recognition", "Recognition on real photos",
-          "3-fold recognition GAP and accuracy of retrieval, classifier and fused modes.",
+          "3-fold recognition GAP and accuracy of retrieval, classifier and fused modes, per "
+          "feature model (RootSIFT, delf-hybrid, XFeat with LighterGlue).",
           needs_shared=True),
     Stage("global", "eval_global", "Global models (GeM) on real photos",
           "The reference study's systems side by side on the same folds: GeM-VGG16 and the DELF "

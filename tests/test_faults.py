@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 import h5py
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

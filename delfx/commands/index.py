@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from delfx.commands.options import POSITIVE, RATE, extract_config_options, resolve_config
-from delfx.config import RANSAC_MODELS
+from delfx.config import MATCHERS, RANSAC_MODELS
 
 log = logging.getLogger("delfx")
 
@@ -50,6 +50,9 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
 @click.option("--ransac", type=click.Choice(RANSAC_MODELS), default="affine")
 @click.option("--threshold", type=RATE, default=None,
               help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
+@click.option("--matcher", type=click.Choice(MATCHERS), default="auto",
+              help="Putative matches: mnn (mutual nearest neighbours) or lightglue (a learned "
+              "model's own) [auto: lightglue where the features have one, else mnn].")
 @click.option("--exclude-self", is_flag=True, help="Skip gallery images with the query's id.")
 @click.option("--global-shortlist", is_flag=True, help="Shortlist the --shortlist gallery images "
               "nearest by global descriptor (index global.faiss) instead of local votes.")
@@ -57,14 +60,15 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
               path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
 def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
            max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
-           exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None) -> None:
+           exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None,
+           matcher: str) -> None:
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
     the gallery's own model and config)."""
     import csv as csvlib
     from delfx.index.search import RESULT_FIELDS, run_search
     from delfx.paths import atomic_text_output
     settings = dict(k=k, max_distance=max_distance, shortlist=shortlist, top=top, ransac=ransac,
-                    relative_threshold=threshold)
+                    relative_threshold=threshold, matcher=matcher)
     results = run_search(index_dir, gallery_dir, queries, settings, exclude_self=exclude_self,
                          global_shortlist=global_shortlist, global_model_dir=global_model_dir)
     with atomic_text_output(out) as handle:
@@ -91,13 +95,16 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
 @click.option("--ransac", type=click.Choice(RANSAC_MODELS), default="affine")
 @click.option("--threshold", type=RATE, default=None,
               help="RANSAC residual, share of the image diagonal [0.01 RootSIFT, 0.03 DELF].")
+@click.option("--matcher", type=click.Choice(MATCHERS), default="auto",
+              help="Putative matches: mnn (mutual nearest neighbours) or lightglue (a learned "
+              "model's own) [auto: lightglue where the features have one, else mnn].")
 @extract_config_options
 def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold: float | None,
-          **kwargs) -> None:
+          matcher: str, **kwargs) -> None:
     """Match two images: mutual nearest neighbours + RANSAC; print the inliers, draw them."""
     from delfx.index.match import match_images
     result = match_images(image_a, image_b, resolve_config(kwargs), ransac=ransac,
-                          threshold=threshold)
+                          threshold=threshold, matcher=matcher)
     if out is not None:
         result.draw(out)
     click.echo(jsonlib.dumps(result.to_json(out)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from delfx.commands.options import FINITE, POSITIVE
-from delfx.config import CLASSIFIER_HEADS, CLASSIFY_MODES, TRAIN_MODEL_NAMES
+from delfx.config import CLASSIFIER_HEADS, CLASSIFY_MODES, MATCHERS, TRAIN_MODEL_NAMES
 
 
 @click.command()
@@ -101,17 +101,21 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               help="JSON lines with each query's candidates and evidence.")
 @click.option("--min-score", type=FINITE, default=0.0, help="No prediction below this score.")
 @click.option("--top-k", type=POSITIVE, default=3, help="Classifier proposals verified (fused).")
+@click.option("--matcher", type=click.Choice(MATCHERS), default="auto",
+              help="Putative matches: mnn (mutual nearest neighbours) or lightglue (a learned "
+              "model's own) [auto: lightglue where the features have one, else mnn].")
 def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
              classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
              calibrate: bool, evidence: Path | None, min_score: float, top_k: int,
-             global_model_dir: Path | None, shortlist: int) -> None:
+             global_model_dir: Path | None, shortlist: int, matcher: str) -> None:
     """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
     from delfx.recognition.classify import run_classify
     summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
                            classifier_dir=classifier_dir, index_dir=index_dir,
                            calibration_path=calibration, calibrate=calibrate,
                            evidence_path=evidence, min_score=min_score, top_k=top_k,
-                           shortlist=shortlist, global_model_dir=global_model_dir)
+                           shortlist=shortlist, global_model_dir=global_model_dir,
+                           search_settings={"matcher": matcher})
     click.echo(jsonlib.dumps(summary))
 
 

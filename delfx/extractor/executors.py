@@ -40,8 +40,13 @@ class ExtractWorker:
     def __init__(self, config: ExtractConfig, threads: int, use_gpu: bool,
                  global_model: str | None = None):
         from delfx import tf_quiet
+        from delfx.config import LEARNED_MODEL_NAMES
         from delfx.extractor.models import create_model
-        if config.model != "rootsift" or global_model is not None:  # TensorFlow runs here
+        if config.model in LEARNED_MODEL_NAMES:  # PyTorch runs here
+            from delfx.extractor.torch_support import set_threads
+            set_threads(threads)
+        if config.model not in ("rootsift", *LEARNED_MODEL_NAMES) or global_model is not None:
+            # TensorFlow runs here
             tf = tf_quiet.import_tensorflow()
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -249,8 +249,10 @@ def run_extraction(items: list[ImageItem], config: ExtractConfig, out_dir: Path,
     if not items:
         raise DelfxError("no images to extract")
     out_dir = Path(out_dir)
+    # `auto` decided once, here, and recorded as the concrete model; a model that cannot run
+    # here is refused before the output folder exists
+    config = resolve_model(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = resolve_model(config)  # `auto` decided once, here, and recorded as the concrete model
     if executor.global_model is not None:  # refuse a wrong folder before starting any worker
         from delfx.globalnet.model import load_global_model
         load_global_model(executor.global_model)

@@ -7,15 +7,14 @@
 | delf-resnet50 | built-in DELF network, ResNet50 conv4, weights file from the user | with the file |
 | rootsift      | OpenCV SIFT keypoints, RootSIFT descriptors, shipped PCA to 40-d | yes |
 | delf-hybrid   | SIFT keypoints, RootSIFT ⊕ VGG16 block4 (hed) sampled there, shipped PCAs | yes |
+| xfeat, aliked, disk | learned keypoints + descriptors (PyTorch, the `torch` extra; learned.py) | with the extra |
 
 `auto` (the default) takes the official module when it loads without a download (a local
-SavedModel given as --model-path, or the handle already in TFHUB_CACHE_DIR), and otherwise the
-best offline model by measurement: delf-hybrid today. Measured on real landmark photos
-(../shared/data/landmarks-dev, long side 512, leave-one-out retrieval with mutual nearest
-neighbours + affine RANSAC, non-landmarks as distractors; python -m
-benchmarks.eval_local_features): delf-hybrid GAP 0.518 / top-1 0.530 / pair AUC 0.883 against
-RootSIFT 0.450 / 0.470 / 0.822 (PCA-40; 128-d: 0.466 / 0.470 / 0.845) and 0.20 / 0.26 / 0.64 for
-the VGG16 network with norm-selected cells, at ~14x RootSIFT's extraction CPU time.
+SavedModel given as --model-path, or the handle already in TFHUB_CACHE_DIR: the model delfx is
+built around, and one a user put there on purpose), and otherwise the best installed offline
+model by measurement on real landmark photos (python -m benchmarks.eval_local_features; the
+figures are in the README's model table, kept in one place): xfeat with its LighterGlue when the
+torch extra is installed, else delf-hybrid, which beats RootSIFT.
 """
 
 from __future__ import annotations
@@ -24,21 +23,25 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from delfx.config import MODEL_NAMES, ExtractConfig
+from delfx.config import LEARNED_MODEL_NAMES, MODEL_NAMES, ExtractConfig
 from delfx.errors import DelfxError
 from delfx.extractor.base import FeatureModel
 
 log = logging.getLogger(__name__)
 
-# A built-in model becomes the offline default only when it beats RootSIFT on the real-photo
-# measurement above (docs/MODELS.md).
-OFFLINE_DEFAULT = "delf-hybrid"
-# What `auto` prefers, best first, among the models a command can use: the official module when
-# it loads offline, then the best offline model by measurement, then the built-in networks
+# What `auto` prefers, best first, among the models a command can use and that are installed:
+# the official module when it loads offline, then the offline models in their measured order
+# (README, "Models"): xfeat (the torch extra), delf-hybrid, rootsift, the built-in DELF network
 # (delf-resnet50 never: it needs a weights file the user must name).
-AUTO_PREFERENCE = ("tfhub", OFFLINE_DEFAULT, "rootsift", "delf-vgg16")
-# Models whose PCA delfx can fit (`delfx fit-pca`): the built-in ones.
-FITTABLE_MODELS = ("rootsift", "delf-vgg16", "delf-resnet50", "delf-hybrid")
+AUTO_PREFERENCE = ("tfhub", "xfeat", "delf-hybrid", "rootsift", "delf-vgg16")
+# Why each offline choice is the best one left (logged and recorded with the choice).
+AUTO_REASONS = {
+    "xfeat": "the best offline model on real landmark photos (with its LighterGlue matcher)",
+    "delf-hybrid": "the best offline model without the torch extra (it beats rootsift on real "
+                   "landmark photos)",
+}
+# Models whose PCA delfx can fit (`delfx fit-pca`): the built-in ones and the learned ones.
+FITTABLE_MODELS = ("rootsift", "delf-vgg16", "delf-resnet50", "delf-hybrid") + LEARNED_MODEL_NAMES
 # Models with a TensorFlow graph `delfx export-model` can write with the official signature.
 EXPORTABLE_MODELS = ("delf-vgg16", "delf-resnet50")
 SHIPPED_PCA = {"rootsift": "rootsift_pca.h5", "delf-vgg16": "delf_vgg16_hed_pca.h5",
@@ -83,11 +86,20 @@ def choose_auto(config: ExtractConfig, allowed: tuple[str, ...] = MODEL_NAMES
                else f"{DEFAULT_HANDLE} is not in the TF-Hub cache ({hub_cache_dir()})")
     else:
         why = "this command needs a built-in model"
-    name = next(n for n in AUTO_PREFERENCE if n != "tfhub" and n in allowed)
-    if name == OFFLINE_DEFAULT:
-        return name, (f"{why}; using the best offline model, {OFFLINE_DEFAULT} (real-photo GAP "
-                      f"0.52 vs 0.45 for rootsift and 0.20 for delf-vgg16, see README)")
-    return name, f"{why}; using {name}"
+    passed_over = []
+    for name in AUTO_PREFERENCE:
+        if name == "tfhub" or name not in allowed:
+            continue
+        missing = None
+        if name in LEARNED_MODEL_NAMES:
+            from delfx.extractor.learned import missing_parts
+            missing = missing_parts(name)
+        if missing:
+            passed_over.append(f"{name} needs the torch extra ({missing})")
+            continue
+        reason = AUTO_REASONS.get(name, "the best of the models this command can use")
+        return name, "; ".join([why, *passed_over, f"using {name}: {reason} (see README)"])
+    raise DelfxError(f"no model available for `auto` ({why})")
 
 
 def resolve_model(config: ExtractConfig, allowed: tuple[str, ...] = MODEL_NAMES, *,
@@ -99,9 +111,19 @@ def resolve_model(config: ExtractConfig, allowed: tuple[str, ...] = MODEL_NAMES,
     if config.model == "auto":
         name, reason = choose_auto(config, allowed)
         log.info("model auto -> %s: %s", name, reason)
-        return config.replace(model=name)
+        config = config.replace(model=name)
     if config.model not in allowed:
         raise DelfxError(f"{takes} ({', '.join(allowed)}), not {config.model}")
+    if config.model in LEARNED_MODEL_NAMES:
+        # Before any output exists: a missing extra is one line and leaves nothing behind.
+        from delfx.extractor.learned import check_installed
+        check_installed(config.model)
+    if (config.model in LEARNED_MODEL_NAMES and config.pca_path is None
+            and config.descriptor_dim == ExtractConfig.descriptor_dim):
+        # The DELF default (40) needs a PCA these models do not ship: they keep their own.
+        log.info("%s keeps its own descriptors (a %d-d output needs --pca-path)", config.model,
+                 config.descriptor_dim)
+        config = config.replace(descriptor_dim=0)
     return config
 
 
@@ -123,6 +145,11 @@ def create_model(config: ExtractConfig) -> FeatureModel:
     if name == "tfhub":
         from delfx.extractor.hub import HubModel
         return HubModel(config)
+    if name in LEARNED_MODEL_NAMES:
+        from delfx.extractor.learned import LEARNED_MODELS
+        from delfx.extractor.pca import PCAProjection
+        pca = PCAProjection.load(config.pca_path) if config.pca_path else None
+        return LEARNED_MODELS[name](config, pca=pca)
     from delfx.extractor.delf import DelfModel
     if name == "delf-vgg16" and config.model_path:
         return load_trained_delf(config)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from delfx.config import ExtractConfig
-from delfx.index.geometry import (Matches, Verification, default_threshold,
-                                  mutual_nearest_neighbours, verify_pair)
+from delfx.index.geometry import Matches, Verification, default_threshold, verify_pair
+from delfx.index.matchers import match, resolve_matcher
 from delfx.store import ImageFeatures
 
 
@@ -51,18 +51,20 @@ class MatchResult:
 
 
 def match_images(image_a: Path, image_b: Path, config: ExtractConfig, *, ransac: str = "affine",
-                 threshold: float | None = None) -> MatchResult:
+                 threshold: float | None = None, matcher: str = "auto") -> MatchResult:
     """Extract both images with `config`'s model, match and verify them.
 
     Args:
         threshold: RANSAC residual as a share of image b's diagonal (default by model).
+        matcher: 'auto', 'mnn' or 'lightglue' (delfx.index.matchers).
     """
     from delfx.extractor.models import create_model
     from delfx.images import load_image
     images = tuple(load_image(p, max_pixels=config.max_pixels) for p in (image_a, image_b))
     model = create_model(config)  # after the cheap checks: a bad image is refused at once
+    matcher = resolve_matcher(matcher, model.model_id)
     a, b = (model.extract(image, str(p)) for image, p in zip(images, (image_a, image_b)))
-    matches = mutual_nearest_neighbours(a.descriptors, b.descriptors)
+    matches = match(a, b, matcher, model.model_id)
     verification = verify_pair(a.locations, b.locations, matches, model=ransac,
                                relative_threshold=threshold or default_threshold(model.model_id),
                                image_size_b=(b.height, b.width))

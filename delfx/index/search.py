@@ -12,7 +12,7 @@ are ranked by inliers, then votes.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,7 +20,8 @@ import numpy as np
 
 from delfx.errors import DelfxError
 from delfx.index.faiss_index import GalleryIndex
-from delfx.index.geometry import default_threshold, mutual_nearest_neighbours, verify_pairs
+from delfx.index.geometry import default_threshold, verify_pairs
+from delfx.index.matchers import match, resolve_matcher
 from delfx.store import FeatureSet, ImageFeatures
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ class SearchConfig:
             (0.01 is ~8 px at 512 px, the RootSIFT setting; coarse CNN cells want ~0.03).
         seed: RANSAC's random seed (results repeat exactly).
         workers: threads for verification (OpenCV releases the GIL); None: min(4, CPUs).
+        matcher: putative matches before RANSAC: 'mnn' (mutual nearest neighbours),
+            'lightglue' (a learned model's own matcher) or 'auto' (lightglue where the features
+            have one, else mnn; `for_model` makes it concrete): delfx.index.matchers.
+        match_max_distance: MNN only: drop pairs farther apart than this (unit descriptors).
+        features: the feature model id (which learned matcher; set by `for_model`).
     """
 
     k: int = 10
@@ -50,14 +56,23 @@ class SearchConfig:
     relative_threshold: float = 0.01
     seed: int = 0
     workers: int | None = None
+    matcher: str = "auto"
+    match_max_distance: float | None = None
+    features: str = ""
 
     @classmethod
     def for_model(cls, model_id: str, **changes) -> "SearchConfig":
-        """The defaults for features of `model_id` (its RANSAC threshold), with `changes`;
-        a None change keeps the default."""
-        values = {"relative_threshold": default_threshold(model_id)}
+        """The defaults for features of `model_id` (its RANSAC threshold, and the model id a
+        learned matcher needs), with `changes`; a None change keeps the default."""
+        values = {"relative_threshold": default_threshold(model_id), "features": model_id}
         values.update({k: v for k, v in changes.items() if v is not None})
-        return cls(**values)
+        return cls(**values).for_features(model_id)
+
+    def for_features(self, model_id: str) -> "SearchConfig":
+        """This config for features of `model_id`: `features` set, `auto` matcher made concrete
+        (the other settings as they are)."""
+        return replace(self, features=model_id,
+                       matcher=resolve_matcher(self.matcher, model_id))
 
 
 RESULT_FIELDS = ("query", "rank", "gallery_id", "inliers", "votes", "matches", "score")
@@ -114,10 +129,11 @@ def search_one(query: ImageFeatures, index: GalleryIndex, gallery: FeatureSet,
 
 
 def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConfig) -> list:
-    """MNN matches of the query with each candidate, then RANSAC (in parallel): Verifications."""
+    """Matches of the query with each candidate (`config.matcher`), then RANSAC (in parallel)."""
     pairs = []
     for candidate in candidates:
-        matches = mutual_nearest_neighbours(query.descriptors, candidate.descriptors)
+        matches = match(query, candidate, config.matcher, config.features,
+                        config.match_max_distance)
         pairs.append((query.locations, candidate.locations, matches,
                       {"image_size_b": (candidate.height, candidate.width)}))
     return verify_pairs(pairs, workers=config.workers, model=config.ransac,

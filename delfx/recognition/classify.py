@@ -79,7 +79,31 @@ def fit_calibration(recognizer: Recognizer, labels: dict[str, str | None], ids: 
             right.append(0)
     log.info("calibration on %d answers (%d right)", len(rows), sum(right))
     return fit_logistic(np.array(rows), np.array(right), FEATURES[raw.config.mode],
-                        fitted_on={"mode": raw.config.mode, "queries": len(ids)})
+                        fitted_on={"mode": raw.config.mode, "queries": len(ids),
+                                   **verification_settings(raw.config.search)})
+
+
+def verification_settings(search) -> dict[str, Any]:
+    """What makes inlier counts comparable: the features and how they are matched and verified.
+    A calibration learns what an inlier count means; with other settings it means otherwise."""
+    return {"features": search.features, "matcher": search.matcher, "ransac": search.ransac,
+            "relative_threshold": search.relative_threshold}
+
+
+def check_calibration_settings(calibration: Calibration, search, path) -> None:
+    """Refuse a calibration fitted with other verification settings than this run's (files
+    from before delfx recorded them are accepted with a warning)."""
+    recorded = {k: calibration.fitted_on[k] for k in verification_settings(search)
+                if k in calibration.fitted_on}
+    if not recorded:
+        log.warning("%s records no verification settings (an older delfx): it is used as is; "
+                    "refit it with --calibrate if the features or --matcher changed", path)
+        return
+    now = verification_settings(search)
+    differ = [f"{k} {recorded[k]} (now {now[k]})" for k in recorded if recorded[k] != now[k]]
+    if differ:
+        raise DelfxError(f"{path}: calibration was fitted with other verification settings: "
+                         f"{', '.join(differ)}; fit one with --calibrate")
 
 
 def gallery_labels_of(gallery: FeatureSet, labels: dict[str, str | None], source) -> dict:
@@ -108,13 +132,16 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                  index_dir: Path | None = None, calibration_path: Path | None = None,
                  calibrate: bool = False, evidence_path: Path | None = None,
                  min_score: float = 0.0, top_k: int = 3, shortlist: int = 30,
-                 global_model_dir: Path | None = None) -> dict[str, Any]:
+                 global_model_dir: Path | None = None,
+                 search_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recognise every query and write the submission.
 
     Args:
         queries: a query feature set, or images (extracted with the gallery's model and config;
             when a mode needs global descriptors, embedded with the GeM classifier itself, else
             with `global_model_dir`).
+        search_settings: SearchConfig fields for the verification (matcher, ransac, ...);
+            None values keep the defaults for the gallery's model.
     """
     from delfx.index.faiss_index import GalleryIndex, check_compatible
     from delfx.index.search import SearchConfig
@@ -146,7 +173,8 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
             raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
         index = GalleryIndex(index_dir)
         check_compatible(index.meta, gallery, index_dir)
-    search = SearchConfig.for_model(gallery.manifest.model_id)
+    search = SearchConfig.for_model(gallery.manifest.model_id,
+                                    **{"shortlist": shortlist, **(search_settings or {})})
     config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search,
                                shortlist=shortlist)
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config,
@@ -163,6 +191,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
             raise DelfxError(f"{calibration_path}: calibration is for features {calibration.names} "
                              f"(fitted in mode {calibration.fitted_on.get('mode', '?')}), --mode "
                              f"{mode} gives {FEATURES[mode]}: fit one with --calibrate")
+        check_calibration_settings(calibration, search, calibration_path)
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier,
                             calibration=calibration, config=config, global_index=global_index)
     predictions, answered, start = [], 0, time.perf_counter()

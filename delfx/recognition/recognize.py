@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,9 @@ class Recognizer:
         if calibration is not None and calibration.names != FEATURES[config.mode]:
             raise ValueError(f"calibration is for features {calibration.names}, mode "
                              f"{config.mode} gives {FEATURES[config.mode]}")
+        if config.search.features != gallery.manifest.model_id:
+            # the matcher depends on the features (auto: a learned model's own LightGlue)
+            config = replace(config, search=config.search.for_features(gallery.manifest.model_id))
         self.gallery, self.labels, self.index = gallery, labels, index
         self.classifier, self.calibration, self.config = classifier, calibration, config
         self.global_index = global_index

@@ -73,14 +73,16 @@ def images(tmp_path_factory):
 
 
 def test_end_to_end_local_default(images, tmp_path):
-    """The local default: a Ray instance started by delfx, the auto model (offline: delf-hybrid,
-    TensorFlow in the workers), every image once."""
+    """The local default: a Ray instance started by delfx, the auto model (offline: xfeat with
+    the torch extra, PyTorch in the workers; delf-hybrid without), every image once."""
+    from delfx.extractor.learned import missing_parts
     out = tmp_path / "features"
     proc = _extract(images, out, "--shards", "3", "--max-side", "240")
     summary = _summary(proc)
     assert summary["executor"] == "ray"
-    assert summary["model"]["id"] == "delf-hybrid-rootsift+vgg16-hed+pca40"
-    assert "model auto -> delf-hybrid" in proc.stderr
+    expected = ("delf-hybrid-rootsift+vgg16-hed+pca40" if missing_parts("xfeat") else "xfeat")
+    assert summary["model"]["id"] == expected
+    assert f"model auto -> {expected.split('-rootsift')[0]}" in proc.stderr
     assert summary["images_processed"] == summary["ok"] == 24 and summary["shards_written"] == 3
     assert verify(out).ok
     ids = list(_contents(out))

@@ -86,3 +86,34 @@ def test_calibration_refused_without_held_out_images(sample_dataset, pipeline):
                                       "--mode", "fused", "--classifier", str(root / "no_validation"),
                                       "--index", str(root / "index"), "--calibrate"])
     assert result.exit_code == 1 and "without validation images" in result.output
+
+
+def test_calibration_from_other_verification_settings_is_refused(sample_dataset, pipeline,
+                                                                  tmp_path):
+    """A calibration learns what an inlier count means for one set of features, matcher and
+    RANSAC settings: applied to others it would give confident wrong probabilities."""
+    root, data = pipeline, sample_dataset.root
+    calibration = tmp_path / "c.json"
+    common = [root / "gallery", data / "train.csv", root / "queries", "--mode", "retrieval",
+              "--index", root / "index"]
+    invoke("classify", *common, "--out", tmp_path / "a.csv", "--calibrate",
+           "--calibration", calibration)
+    fitted = json.loads(calibration.read_text())["fitted_on"]
+    assert fitted["features"] == "rootsift+pca40" and fitted["matcher"] == "mnn"
+    document = json.loads(calibration.read_text())
+    document["fitted_on"]["relative_threshold"] = 0.03
+    calibration.write_text(json.dumps(document))
+    result = CliRunner().invoke(cli, ["classify", *map(str, common), "--out",
+                                      str(tmp_path / "b.csv"), "--calibration", str(calibration)])
+    assert result.exit_code == 1, result.output
+    assert "fitted with other verification settings: relative_threshold 0.03 (now 0.01)" \
+        in result.output
+    assert not (tmp_path / "b.csv").exists()
+    # a file from before delfx recorded the settings: used, with a warning
+    for key in ("features", "matcher", "ransac", "relative_threshold"):
+        document["fitted_on"].pop(key)
+    calibration.write_text(json.dumps(document))
+    result = CliRunner().invoke(cli, ["classify", *map(str, common), "--out",
+                                      str(tmp_path / "c.csv"), "--calibration", str(calibration)])
+    assert result.exit_code == 0, result.output
+    assert "records no verification settings" in result.output

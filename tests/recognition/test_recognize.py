@@ -7,6 +7,8 @@ calibrated score, which evidence features, and when there is no answer.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -17,10 +19,11 @@ from delfx.store import ImageFeatures
 
 
 class _Gallery:
-    """What the recogniser asks of a gallery here: records by id."""
+    """What the recogniser asks of a gallery here: records by id, and the features' model."""
 
     def __init__(self, ids):
         self.image_ids = list(ids)
+        self.manifest = types.SimpleNamespace(model_id="rootsift+pca40")
 
     def get(self, image_id):
         return _query(image_id)
