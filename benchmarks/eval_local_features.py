@@ -112,9 +112,9 @@ def default_specs(max_side: int = MAX_SIDE, quick: bool = False) -> list[ModelSp
         # Controls for the learned models at 1024: the SIFT models at the same resolution (more
         # keypoints, threshold scaled with the image), so no row wins by resolution alone.
         big = 2 * max_side
-        specs.append(ModelSpec(f"rootsift pca40 {big}", rootsift.replace(
+        specs.append(ModelSpec(f"rootsift {big} pca40", rootsift.replace(
             max_side=big, max_features=2000), SIFT_THRESHOLD_PX * 2))
-        specs.append(ModelSpec(f"delf-hybrid pca40 {big}", hybrid_config(big).replace(
+        specs.append(ModelSpec(f"delf-hybrid {big} pca40", hybrid_config(big).replace(
             max_features=2000), SIFT_THRESHOLD_PX * 2))
     specs += learned_specs(quick)
     specs.append(ModelSpec("delf-vgg16 random fast", fast, CELL_THRESHOLD_PX, random_weights=True,

@@ -108,7 +108,8 @@ STAGES: tuple[Stage, ...] = (
           "(the classical baseline), delf-hybrid, the untrained built-in DELF network and the "
           "learned models of the torch extra (XFeat, ALIKED, DISK) with mutual nearest "
           "neighbours and with their own LightGlue.",
-          full=("--models", "rootsift pca40,delf-hybrid pca40,hed fast,xfeat,aliked,disk"),
+          full=("--models", "rootsift pca40,delf-hybrid pca40,hed fast,1024 pca40,xfeat,aliked,"
+                            "disk"),
           needs_shared=True,
           notes="Every pair is matched (mutual nearest neighbours, or the model's LightGlue) and "
                 "verified with affine RANSAC (1% of the working image's long side for keypoints: "

@@ -100,7 +100,7 @@ def train_delf(images: Path, labels_csv: Path, out_dir: Path, finetune_last_bloc
 @click.option("--workers", type=POSITIVE, default=None, help="Workers [as many as the cluster holds].")
 @click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=1.0)
 @click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
-              help="GPUs per worker [1 when the cluster has GPUs and the model uses TensorFlow, else 0].")
+              help="GPUs per worker [1 when the cluster has GPUs and the model runs a network, else 0].")
 @click.option("--chunk-size", type=POSITIVE, default=16, help="Images per task.")
 @click.option("--max-retries", type=click.IntRange(0), default=2, help="Retries of a chunk whose worker died.")
 @click.option("--stall-timeout", type=click.FloatRange(1), default=1800.0,

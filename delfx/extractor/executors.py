@@ -173,7 +173,7 @@ class RayExecutor:
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, **common)
             self.started_here = True
         if self.gpus_per_worker is None:
-            # GPU when the cluster has one and the model runs on TensorFlow; CPU otherwise.
+            # GPU when the cluster has one and the model runs a network (TensorFlow or PyTorch).
             gpus = ray.cluster_resources().get("GPU", 0)
             self.gpus_per_worker = 1 if gpus >= 1 and self.config.model != "rootsift" else 0
             log.info("%s", f"{gpus:g} GPU(s) in the cluster: workers use " +

@@ -142,3 +142,24 @@ def test_classify_end_to_end_with_xfeat(sample_dataset, tmp_path):
     verified = [c for line in open(evidence) for c in json.loads(line)["candidates"]
                 if c["inliers"]]
     assert verified, "LighterGlue + RANSAC verified no candidate"
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled by the unrestricted loader."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_weights_with_code_are_refused_not_run(tmp_path):
+    import pickle
+    from delfx.extractor.torch_support import load_state
+    target = tmp_path / "created-by-unpickling"
+    weights = tmp_path / "evil.pt"
+    weights.write_bytes(pickle.dumps({"w": _Payload(target)}))
+    with pytest.raises(DelfxError, match="cannot load weights .* with the restricted loader"):
+        load_state(weights)
+    assert not target.exists()

@@ -60,3 +60,26 @@ def test_rootsift_never_imports_torch(tmp_path):
             "print('TORCH', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "TORCH False" in out.stdout
+
+
+def test_auto_passes_over_a_missing_extra_and_says_so(monkeypatch, tmp_path):
+    from delfx.config import ExtractConfig
+    from delfx.extractor import learned
+    from delfx.extractor.models import choose_auto
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))  # no official module at hand
+    monkeypatch.setattr(learned, "missing_parts", lambda name: "torch is not installed")
+    name, reason = choose_auto(ExtractConfig())
+    assert name == "delf-hybrid"
+    assert "xfeat needs the torch extra (torch is not installed)" in reason
+    assert "the best offline model without the torch extra" in reason
+
+
+def test_auto_takes_xfeat_when_the_extra_is_installed(monkeypatch, tmp_path):
+    from delfx.config import ExtractConfig
+    from delfx.extractor.learned import missing_parts
+    from delfx.extractor.models import choose_auto
+    if missing_parts("xfeat"):
+        pytest.skip(f"the torch extra is not installed here: {missing_parts('xfeat')}")
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    name, reason = choose_auto(ExtractConfig())
+    assert name == "xfeat" and "best offline model on real landmark photos" in reason
