@@ -167,6 +167,21 @@ def sample_split_photos(root: Path, quick: bool) -> tuple[list[Photo], list[Phot
     queries = [photos[i.id] for i in ds.images if i.split == "query" or not i.landmark_id]
     return gallery, queries
 
+def parse_model_entry(text: str, default_side: int, stage: str) -> tuple[str, ExtractConfig, str]:
+    """A `--models` entry 'name[@long_side][:matcher]' -> (label, extraction config, matcher);
+    e.g. 'rootsift', 'xfeat@1024', 'xfeat:mnn'. The matcher defaults to auto (a learned model's
+    LightGlue, else mutual nearest neighbours)."""
+    from delfx.config import MATCHERS, MODEL_NAMES
+    spec, _, matcher = text.strip().partition(":")
+    name, _, side = spec.partition("@")
+    if name not in MODEL_NAMES or name in ("auto", "tfhub", "delf-resnet50"):
+        raise SystemExit(f"{stage}: unknown model {name!r} in --models")
+    if (matcher or "auto") not in MATCHERS or (side and not side.isdigit()):
+        raise SystemExit(f"{stage}: bad --models entry {text!r} (name[@long_side][:matcher])")
+    config = ExtractConfig(model=name, max_side=int(side) if side else default_side)
+    return text.strip(), config, matcher or "auto"
+
+
 def write_labels(path: Path, photos: Sequence[Photo]) -> Path:
     path.write_text("id,path,landmark_id\n" + "".join(
         f"{p.image_id},{p.path},{p.landmark or ''}\n" for p in photos))

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import emit, learned_unavailable, load_text
-from benchmarks.data import (extract, load_photos, make_folds, quick_subset,
+from benchmarks.data import (extract, load_photos, make_folds, parse_model_entry, quick_subset,
                              resolve_data_dir, write_subset)
 from delfx.errors import DelfxError
 from delfx.config import ExtractConfig
@@ -191,18 +191,7 @@ def score(folds: list[dict[str, Any]], truth: dict[str, str | None]) -> dict[str
 
 
 def parse_model(text: str) -> tuple[str, ExtractConfig, str]:
-    """'name[@long_side][:matcher]' -> (label, extraction config, matcher); e.g. 'rootsift',
-    'xfeat@1024', 'xfeat:mnn'. The matcher defaults to auto (a learned model's LightGlue)."""
-    from delfx.config import MATCHERS, MODEL_NAMES
-    spec, _, matcher = text.strip().partition(":")
-    name, _, side = spec.partition("@")
-    if name not in MODEL_NAMES or name in ("auto", "tfhub", "delf-resnet50"):
-        raise SystemExit(f"eval_recognition: unknown model {name!r} in --models")
-    if (matcher or "auto") not in MATCHERS or (side and not side.isdigit()):
-        raise SystemExit(f"eval_recognition: bad --models entry {text!r} "
-                         f"(name[@long_side][:matcher])")
-    config = ExtractConfig(model=name, max_side=int(side) if side else MAX_SIDE)
-    return text.strip(), config, matcher or "auto"
+    return parse_model_entry(text, MAX_SIDE, "eval_recognition")
 
 
 def default_models(quick: bool) -> str:

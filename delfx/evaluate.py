@@ -131,6 +131,8 @@ def write_report(report: dict[str, Any], out_dir: Path, title: str = "delfx eval
              f"{report['coverage']['queries']} ({report['coverage']['missing']} not in the "
              f"submission) |",
              f"| non-landmark queries left unanswered | {report['non_landmark_rejection']:.4f} |",
+             f"| non-landmark queries unanswered or below every right answer | "
+             f"{report['non_landmark_harmless']:.4f} |",
              f"| landmark / non-landmark queries | {report['landmark_queries']} / "
              f"{report['non_landmark_queries']} |", "",
              "![per class](per_class.png)", "", "| landmark | queries | correct | accuracy |",

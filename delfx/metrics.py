@@ -72,14 +72,22 @@ def predictions_from(mapping: Mapping[str, tuple[str, float] | None]) -> list[Pr
 
 def accuracy(predictions: Sequence[Prediction], truth: Mapping[str, str | None]) -> dict[str, float]:
     """top1: share of landmark queries predicted right; non_landmark_rejection: share of
-    non-landmark queries left without a prediction."""
+    non-landmark queries left without a prediction; non_landmark_harmless: share of non-landmark
+    queries left without one or scored below every right answer (they cost no GAP)."""
     by_query = {p.query: p for p in predictions}
     landmark = [q for q, label in truth.items() if _has_label(label)]
     others = [q for q, label in truth.items() if not _has_label(label)]
     right = sum(1 for q in landmark if q in by_query and by_query[q].label == truth[q])
     rejected = sum(1 for q in others if q not in by_query or not _has_label(by_query[q].label))
+    # GAP is only hurt by a wrong answer ranked above a right one: a non-landmark answered
+    # below every right answer costs nothing
+    weakest = min((float(by_query[q].score) for q in landmark
+                   if q in by_query and by_query[q].label == truth[q]), default=None)
+    harmless = sum(1 for q in others if q not in by_query or not _has_label(by_query[q].label)
+                   or (weakest is not None and float(by_query[q].score) < weakest))
     return {"top1": right / len(landmark) if landmark else 0.0,
             "non_landmark_rejection": rejected / len(others) if others else 1.0,
+            "non_landmark_harmless": harmless / len(others) if others else 1.0,
             "landmark_queries": len(landmark), "non_landmark_queries": len(others)}
 
 

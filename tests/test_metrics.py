@@ -47,6 +47,10 @@ def test_accuracy_and_per_class():
     preds = [P("q1", "a", 3), P("q2", "b", 2), P("n1", "a", 1)]
     acc = accuracy(preds, truth)
     assert acc["top1"] == pytest.approx(1 / 3) and acc["non_landmark_rejection"] == 0.5
+    # n1 (score 1) ranks below q1, the only right answer (score 3): harmless; n2 unanswered
+    assert acc["non_landmark_harmless"] == 1.0
+    acc = accuracy(preds + [P("n2", "b", 5)], truth)  # above the right answer: it costs GAP
+    assert acc["non_landmark_rejection"] == 0.0 and acc["non_landmark_harmless"] == 0.5
     assert per_class(preds, truth) == {"a": {"queries": 2, "correct": 1, "accuracy": 0.5},
                                        "b": {"queries": 1, "correct": 0, "accuracy": 0.0}}
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from delfx.commands.options import FINITE, POSITIVE
-from delfx.config import CLASSIFIER_HEADS, CLASSIFY_MODES, MATCHERS, TRAIN_MODEL_NAMES
+from delfx.commands.options import FINITE, POSITIVE, RATE
+from delfx.config import (CLASSIFIER_HEADS, CLASSIFY_MODES, MATCHERS, RANSAC_MODELS,
+                          TRAIN_MODEL_NAMES)
+from delfx.recognition.chance import DEFAULT_PAIRS as DEFAULT_CHANCE_PAIRS  # numpy only
 
 
 @click.command()
@@ -90,7 +92,8 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               path_type=Path), help="GeM model that embeds query images (shortlist mode; the "
               "gallery's global model).")
 @click.option("--shortlist", type=POSITIVE, default=30, help="Gallery images verified per query "
-              "(shortlist mode).")
+              "(most-voted in retrieval and fused modes; nearest by global descriptor in "
+              "shortlist mode).")
 @click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="From `delfx build-index` on GALLERY_DIR (retrieval and fused modes).")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
@@ -99,15 +102,46 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               "the labelled gallery (the classifier's validation images in classifier/fused mode).")
 @click.option("--evidence", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON lines with each query's candidates and evidence.")
-@click.option("--min-score", type=FINITE, default=0.0, help="No prediction below this score.")
+@click.option("--min-score", type=FINITE, default=None, help="No prediction below this score "
+              "(e.g. 1 with raw scores: none below chance and the non-landmark gallery images) "
+              "[none: every query with evidence is answered, weak answers ranked last, which "
+              "GAP never punishes].")
 @click.option("--top-k", type=POSITIVE, default=3, help="Classifier proposals verified (fused).")
 @click.option("--matcher", type=click.Choice(MATCHERS), default="auto",
               help="Putative matches: mnn (mutual nearest neighbours) or lightglue (a learned "
               "model's own) [auto: lightglue where the features have one, else mnn].")
+@click.option("--k", type=POSITIVE, default=None, help="Nearest gallery keypoints per query "
+              "descriptor (votes) [10].")
+@click.option("--max-distance", type=click.FloatRange(0), default=None,
+              help="L2 distance under which a neighbour votes [1.0].")
+@click.option("--ransac", type=click.Choice(RANSAC_MODELS), default=None, help="[affine]")
+@click.option("--threshold", type=RATE, default=None,
+              help="RANSAC residual, share of the image diagonal [the features' default].")
+@click.option("--aggregate", type=POSITIVE, default=None, help="A landmark's evidence: sum over "
+              "its N best verified gallery images [1].")
+@click.option("--per-class", type=POSITIVE, default=None,
+              help="Gallery images verified per classifier proposal (fused) [5].")
+@click.option("--chance-pairs", type=click.IntRange(0), default=DEFAULT_CHANCE_PAIRS,
+              help="Negative gallery pairs verified to learn how many inliers unrelated images "
+              "reach; evidence then counts inliers above that (0: raw inliers).")
+@click.option("--no-non-landmark-penalty", is_flag=True, help="Do not subtract the evidence of "
+              "non-landmark gallery images (empty landmark in GALLERY_LABELS).")
+@click.option("--max-per-landmark", type=click.IntRange(0), default=0, help="Demote a landmark's "
+              "answers beyond its N best of this batch (0: off).")
+@click.option("--exclude-self", is_flag=True, help="A query never matches the gallery image with "
+              "its own id: leave-one-out with QUERIES = GALLERY_DIR.")
+@click.option("--non-landmarks", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Images known not to be landmarks (a feature set of the gallery's model, or "
+              "images): evidence against a landmark, like the gallery's own non-landmark "
+              "images (an empty landmark in GALLERY_LABELS).")
 def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
              classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
-             calibrate: bool, evidence: Path | None, min_score: float, top_k: int,
-             global_model_dir: Path | None, shortlist: int, matcher: str) -> None:
+             calibrate: bool, evidence: Path | None, min_score: float | None, top_k: int,
+             global_model_dir: Path | None, shortlist: int, matcher: str, k: int | None,
+             max_distance: float | None, ransac: str | None, threshold: float | None,
+             aggregate: int | None, per_class: int | None, chance_pairs: int,
+             no_non_landmark_penalty: bool, max_per_landmark: int, exclude_self: bool,
+             non_landmarks: Path | None) -> None:
     """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
     from delfx.recognition.classify import run_classify
     summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
@@ -115,7 +149,14 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
                            calibration_path=calibration, calibrate=calibrate,
                            evidence_path=evidence, min_score=min_score, top_k=top_k,
                            shortlist=shortlist, global_model_dir=global_model_dir,
-                           search_settings={"matcher": matcher})
+                           search_settings={"matcher": matcher, "k": k, "ransac": ransac,
+                                            "max_distance": max_distance,
+                                            "relative_threshold": threshold},
+                           scoring={"aggregate": aggregate, "per_class": per_class,
+                                    "non_landmark_penalty": False if no_non_landmark_penalty
+                                    else None},
+                           chance_pairs=chance_pairs, max_per_landmark=max_per_landmark,
+                           exclude_self=exclude_self, non_landmarks=non_landmarks)
     click.echo(jsonlib.dumps(summary))
 
 
