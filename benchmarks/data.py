@@ -168,17 +168,22 @@ def sample_split_photos(root: Path, quick: bool) -> tuple[list[Photo], list[Phot
     return gallery, queries
 
 def parse_model_entry(text: str, default_side: int, stage: str) -> tuple[str, ExtractConfig, str]:
-    """A `--models` entry 'name[@long_side][:matcher]' -> (label, extraction config, matcher);
-    e.g. 'rootsift', 'xfeat@1024', 'xfeat:mnn'. The matcher defaults to auto (a learned model's
-    LightGlue, else mutual nearest neighbours)."""
+    """A `--models` entry 'name[@long_side][/descriptor_dim][:matcher]' -> (label, extraction
+    config, matcher); e.g. 'rootsift', 'xfeat@1024', 'xfeat:mnn', 'delf-hybrid/0' (208-d, no
+    PCA). The matcher defaults to auto (a learned model's LightGlue, else mutual nearest
+    neighbours); the dimension to the model's default."""
     from delfx.config import MATCHERS, MODEL_NAMES
     spec, _, matcher = text.strip().partition(":")
+    spec, _, dim = spec.partition("/")
     name, _, side = spec.partition("@")
     if name not in MODEL_NAMES or name in ("auto", "tfhub", "delf-resnet50"):
         raise SystemExit(f"{stage}: unknown model {name!r} in --models")
-    if (matcher or "auto") not in MATCHERS or (side and not side.isdigit()):
-        raise SystemExit(f"{stage}: bad --models entry {text!r} (name[@long_side][:matcher])")
-    config = ExtractConfig(model=name, max_side=int(side) if side else default_side)
+    if ((matcher or "auto") not in MATCHERS or (side and not side.isdigit())
+            or (dim and not dim.isdigit())):
+        raise SystemExit(f"{stage}: bad --models entry {text!r} "
+                         f"(name[@long_side][/descriptor_dim][:matcher])")
+    changes = {"descriptor_dim": int(dim)} if dim else {}
+    config = ExtractConfig(model=name, max_side=int(side) if side else default_side, **changes)
     return text.strip(), config, matcher or "auto"
 
 

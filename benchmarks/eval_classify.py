@@ -61,8 +61,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "scoring": {"aggregate": 3, "non_landmark_penalty": True}, "chance_pairs": 200,
         "max_per_landmark": 3},
     "classify's defaults": {},
+    "classify's defaults, --min-score 1 (no answer below chance)": {"min_score": 1.0},
 }
 CALIBRATED = ("penalty + chance", "penalty + chance + top-3")
+# The verification recipe, with classify's default scoring: each row changes one setting.
+RECIPE: dict[str, dict[str, Any]] = {
+    "defaults, RANSAC similarity": {"search_settings": {"ransac": "similarity"}},
+    "defaults, RANSAC homography": {"search_settings": {"ransac": "homography"}},
+    "defaults, RANSAC threshold x1.5": {"threshold_scale": 1.5},
+    "defaults, RANSAC threshold x0.67": {"threshold_scale": 2 / 3},
+    "defaults, shortlist 60": {"shortlist": 60},
+}
+ROW_GROUPS = ("scoring", "recipe")
 
 
 def default_models(quick: bool) -> str:
@@ -104,13 +114,21 @@ def protocol_sets(full_dir: Path, photos: Sequence[Photo], root: Path
 
 def run_row(protocol: dict[str, Any], name: str, settings: dict[str, Any], matcher: str, memo,
             calibration: Path | None = None, calibrate: bool = False) -> dict[str, Any]:
+    from delfx.index.geometry import default_threshold
     from delfx.recognition.classify import run_classify
+    from delfx.store import FeatureSet
     protocol["rows"] = protocol.get("rows", 0) + 1
     out = protocol["folder"] / f"row{protocol['rows']}.csv"
+    settings = dict(settings)
+    search = {"matcher": matcher, **settings.pop("search_settings", {})}
+    scale = settings.pop("threshold_scale", None)
+    if scale is not None:
+        with FeatureSet(protocol["gallery"]) as gallery:
+            search["relative_threshold"] = scale * default_threshold(gallery.manifest.model_id)
     start = time.perf_counter()
     summary = run_classify(protocol["gallery"], protocol["labels"], protocol["gallery"], out,
                            mode="retrieval", index_dir=protocol["index"],
-                           exclude_self=True, search_settings={"matcher": matcher},
+                           exclude_self=True, search_settings=search,
                            calibration_path=calibration, calibrate=calibrate, memo=memo,
                            **settings)
     seconds = time.perf_counter() - start
@@ -119,24 +137,27 @@ def run_row(protocol: dict[str, Any], name: str, settings: dict[str, Any], match
             "scoring": summary["scoring"], "chance": summary["chance"]}
 
 
-def evaluate_model(entry: str, photos: Sequence[Photo], workdir: Path) -> dict[str, Any]:
+def evaluate_model(entry: str, photos: Sequence[Photo], workdir: Path,
+                   groups: Sequence[str] = ("scoring",)) -> dict[str, Any]:
     from delfx.index.search import VerificationMemo
     label, config, matcher = parse_model_entry(entry, MAX_SIDE, "eval_classify")
     extraction = extract(photos, config, workdir / "features")
     log.info("%s: extracted %d photos in %.0f s", label, extraction["ok"], extraction["seconds"])
     protocols = protocol_sets(workdir / "features", photos, workdir)
-    memo = VerificationMemo()
+    memo = VerificationMemo(matches=50_000)  # RANSAC variants reuse the matcher's work
     rows: dict[str, dict[str, Any]] = {}
     for protocol_name in ("leave-one-out", "held-out landmarks"):
         protocol = protocols[protocol_name]
         rows[protocol_name] = {}
-        for name, settings in VARIANTS.items():
+        variants = {**(VARIANTS if "scoring" in groups else {"classify's defaults": {}}),
+                    **(RECIPE if "recipe" in groups else {})}
+        for name, settings in variants.items():
             rows[protocol_name][name] = run_row(protocol, name, settings, matcher, memo)
             r = rows[protocol_name][name]
             log.info("%s | %s | %s: GAP %.3f top-1 %.3f rejected %.2f harmless %.2f (%.0f s)",
                      label, protocol_name, name, r["gap"], r["top1"],
                      r["non_landmark_rejection"], r["non_landmark_harmless"], r["seconds"])
-        for name in CALIBRATED:
+        for name in CALIBRATED if "scoring" in groups else ():
             settings = VARIANTS[name]
             if protocol_name == "leave-one-out":
                 row = run_row(protocol, name, settings, matcher, memo, calibrate=True)
@@ -185,6 +206,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--models", default=None,
                         help="comma-separated name[@long_side][:matcher] (default: delf-hybrid "
                              "and, with the torch extra, xfeat@1024)")
+    parser.add_argument("--rows", default="scoring",
+                        help=f"row groups, comma-separated: {', '.join(ROW_GROUPS)} (scoring: "
+                             f"the ways of scoring and rejecting; recipe: verification settings "
+                             f"with the default scoring)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -193,13 +218,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     photos = load_photos(resolve_data_dir(args.data))
     if args.quick:
         photos = quick_subset(photos)
+    groups = [g.strip() for g in args.rows.split(",") if g.strip()]
+    if not groups or set(groups) - set(ROW_GROUPS):
+        raise SystemExit(f"eval_classify: --rows takes {', '.join(ROW_GROUPS)}")
     entries = [e for e in (args.models or default_models(args.quick)).split(",") if e.strip()]
     for entry in entries:
         parse_model_entry(entry, MAX_SIDE, "eval_classify")  # all checked before extracting
     models = {}
     with tempfile.TemporaryDirectory(prefix="eval-classify-") as tmp:
         for i, entry in enumerate(entries):
-            model = evaluate_model(entry, photos, (args.workdir or Path(tmp)) / f"model{i}")
+            model = evaluate_model(entry, photos, (args.workdir or Path(tmp)) / f"model{i}",
+                                   groups)
             models[model["label"]] = model
     train, evaluation = landmark_halves(photos)
     protocol = (f"{len(photos)} photos ({sum(1 for p in photos if p.landmark is None)} "

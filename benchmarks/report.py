@@ -138,6 +138,15 @@ def _recognition(d: dict) -> Headline:
             for kind, r in kinds.items()]
 
 
+def _recognition_cli(d: dict) -> Headline:
+    return [(f"classify, {protocol}: {label}, {name}",
+             f"GAP {r['gap']:.3f}, top-1 {r['top1']:.3f}, non-landmarks below every right "
+             f"answer {r['non_landmark_harmless']:.2f}")
+            for label, m in d["models"].items() for protocol, rows in m["rows"].items()
+            for name, r in rows.items()
+            if name.startswith(("before", "classify's defaults")) and "min-score" not in name]
+
+
 def _global(d: dict) -> Headline:
     out = []
     for ds in d["datasets"]:
@@ -156,7 +165,7 @@ HEADLINES: dict[str, Callable[[dict], Headline]] = {
     "ray": _ray, "verify": _verify, "index": _index, "classify": _classify,
     "local_features": _local_features, "local_features_trained": _local_features,
     "local_features_sample": _local_features, "retrieval": _retrieval,
-    "recognition": _recognition, "global": _global}
+    "recognition": _recognition, "recognition_cli": _recognition_cli, "global": _global}
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +321,9 @@ PLOTS: dict[str, Callable[[dict, Path], list[Path]]] = {
         _local_features(d), "local_features_sample", "delfx sample-data (leave-one-out)", out),
     "recognition": lambda d, out: _plot_gap(_recognition(d), "recognition",
                                             "Recognition GAP per mode (real photos)", out),
+    "recognition_cli": lambda d, out: _plot_gap(_recognition_cli(d), "recognition_cli",
+                                                "delfx classify, before and now (real photos)",
+                                                out),
     "global": lambda d, out: _plot_gap([h for h in _global(d) if h[0].startswith("landmarks-dev")],
                                        "global", "Global vs local systems, GAP (real photos)", out),
 }

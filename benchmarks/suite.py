@@ -138,6 +138,18 @@ STAGES: tuple[Stage, ...] = (
           "3-fold recognition GAP and accuracy of retrieval, classifier and fused modes, per "
           "feature model (RootSIFT, delf-hybrid, XFeat with LighterGlue).",
           needs_shared=True),
+    Stage("recognition_cli", "eval_classify", "Recognition through `delfx classify`",
+          "`run_classify` (what the CLI calls) in retrieval mode on landmarks-dev with its "
+          "non-landmark photos as distractors, leave-one-out and on held-out landmarks: the "
+          "scoring delfx used before, each change of scoring and rejection alone and together, "
+          "calibration, and the verification recipe, per feature model.",
+          full=("--rows", "scoring,recipe"),
+          needs_shared=True,
+          notes="Nothing is rejected by default (an answer ranked below the others never costs "
+                "GAP), so the rejection column is non-zero only with --min-score; 'below every "
+                "right answer' counts the non-landmark queries that cost no GAP. Rows of a "
+                "model share their verifications (VerificationMemo): they differ in scoring "
+                "only, and their seconds are not the cost of a fresh run."),
     Stage("global", "eval_global", "Global models (GeM) on real photos",
           "The reference study's systems side by side on the same folds: GeM-VGG16 and the DELF "
           "bottleneck as classifiers, local voting against the GeM shortlist + verification; "

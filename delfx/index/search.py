@@ -138,12 +138,15 @@ class VerificationMemo:
     same labelled gallery, the chance model's pairs, benchmark variants of scoring. Records are
     keyed by content (id, sizes and a digest of locations and descriptors), never by id alone,
     so a query set and a gallery that share an id never share an answer. At most `capacity`
-    pairs are kept (about 1 KB each); later pairs are verified as if there were no memo.
+    pairs are kept (about 1 KB each); later pairs are verified as if there were no memo. With
+    `matches` > 0, up to that many pairs' putative matches are kept too (tens of KB each), so
+    other RANSAC settings reuse a learned matcher's work (benchmarks that vary RANSAC).
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int = 100_000, matches: int = 0) -> None:
+        self.capacity, self.matches_capacity = capacity, matches
         self._results: dict[tuple, Any] = {}
+        self._matches: dict[tuple, Any] = {}
         self.hits = 0
 
     @staticmethod
@@ -163,6 +166,17 @@ class VerificationMemo:
         if len(self._results) < self.capacity:
             self._results[(config, query_key, candidate_key)] = result
 
+    def matches(self, config: SearchConfig, query_key: tuple, candidate_key: tuple, compute):
+        """The putative matches of a pair: kept ones, else `compute()` (kept if room)."""
+        key = (config.matcher, config.features, config.match_max_distance, query_key,
+               candidate_key)
+        found = self._matches.get(key)
+        if found is None:
+            found = compute()
+            if len(self._matches) < self.matches_capacity:
+                self._matches[key] = found
+        return found
+
 
 def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConfig,
                       memo: VerificationMemo | None = None) -> list:
@@ -175,11 +189,14 @@ def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConf
     else:
         keys = known = [None] * len(candidates)
     pairs = []
-    for candidate, found in zip(candidates, known):
+    for candidate, key, found in zip(candidates, keys, known):
         if found is not None:
             continue
-        matches = match(query, candidate, config.matcher, config.features,
-                        config.match_max_distance)
+
+        def compute(candidate=candidate):
+            return match(query, candidate, config.matcher, config.features,
+                         config.match_max_distance)
+        matches = memo.matches(config, query_key, key, compute) if memo is not None else compute()
         pairs.append((query.locations, candidate.locations, matches,
                       {"image_size_b": (candidate.height, candidate.width)}))
     fresh = iter(verify_pairs(pairs, workers=config.workers, model=config.ransac,

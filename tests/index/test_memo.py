@@ -48,3 +48,27 @@ def test_pairs_are_verified_once_and_keyed_by_content(monkeypatch):
     verify_candidates(query, [a, b], config, full)
     verify_candidates(query, [a, b], config, full)
     assert calls[-3:] == [1, 2, 1] and full.hits == 1
+
+
+def test_kept_matches_serve_other_ransac_settings(monkeypatch):
+    matched = []
+    real = search.match
+
+    def counting(*args, **kw):
+        matched.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(search, "match", counting)
+    query, a = _record("q", 0), _record("a", 1)
+    affine = SearchConfig(matcher="mnn", features="rootsift+pca40")
+    similarity = SearchConfig(matcher="mnn", features="rootsift+pca40", ransac="similarity")
+    plain = VerificationMemo()  # verifications only: another RANSAC matches again
+    verify_candidates(query, [a], affine, plain)
+    verify_candidates(query, [a], similarity, plain)
+    assert len(matched) == 2
+    keeping = VerificationMemo(matches=10)
+    first = verify_candidates(query, [a], affine, keeping)
+    other = verify_candidates(query, [a], similarity, keeping)
+    assert len(matched) == 3  # one more match, two verifications
+    assert other[0].model == "similarity" and first[0].model == "affine"
+    assert other[0].num_matches == first[0].num_matches
