@@ -119,6 +119,9 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               help="RANSAC residual, share of the image diagonal [the features' default].")
 @click.option("--aggregate", type=POSITIVE, default=None, help="A landmark's evidence: sum over "
               "its N best verified gallery images [1].")
+@click.option("--scoring", type=click.Choice(["inliers", "delg"]), default=None,
+              help="inliers: evidence from inliers (above chance); delg: DELG's cosine + "
+              "min(inliers, 70)/70, top-10 re-ranked, top-5 vote (--mode shortlist) [inliers].")
 @click.option("--per-class", type=POSITIVE, default=None,
               help="Gallery images verified per classifier proposal (fused) [5].")
 @click.option("--chance-pairs", type=click.IntRange(0), default=DEFAULT_CHANCE_PAIRS,
@@ -139,7 +142,8 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
              calibrate: bool, evidence: Path | None, min_score: float | None, top_k: int,
              global_model_dir: Path | None, shortlist: int, matcher: str, k: int | None,
              max_distance: float | None, ransac: str | None, threshold: float | None,
-             aggregate: int | None, per_class: int | None, chance_pairs: int,
+             aggregate: int | None, per_class: int | None, scoring: str | None,
+             chance_pairs: int,
              no_non_landmark_penalty: bool, max_per_landmark: int, exclude_self: bool,
              non_landmarks: Path | None) -> None:
     """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
@@ -153,6 +157,7 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
                                             "max_distance": max_distance,
                                             "relative_threshold": threshold},
                            scoring={"aggregate": aggregate, "per_class": per_class,
+                                    "scoring": scoring,
                                     "non_landmark_penalty": False if no_non_landmark_penalty
                                     else None},
                            chance_pairs=chance_pairs, max_per_landmark=max_per_landmark,

@@ -134,7 +134,8 @@ def verification_settings(search) -> dict[str, Any]:
 def scoring_settings(config, chance) -> dict[str, Any]:
     """What makes evidence comparable: verification, aggregation, penalty and chance model."""
     return {**verification_settings(config.search), "aggregate": config.aggregate,
-            "non_landmark_penalty": config.non_landmark_penalty, "chance": chance is not None}
+            "non_landmark_penalty": config.non_landmark_penalty, "chance": chance is not None,
+            "scoring": config.scoring}
 
 
 def check_calibration_settings(calibration: Calibration, config, chance, path) -> None:
@@ -204,6 +205,9 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     """
     from delfx.index.faiss_index import GalleryIndex, check_compatible
     from delfx.index.search import SearchConfig, VerificationMemo
+    if (scoring or {}).get("scoring") == "delg" and mode != "shortlist":
+        raise DelfxError("--scoring delg needs --mode shortlist (it weighs each image's global "
+                         "similarity)")
     gallery = FeatureSet(gallery_dir, require_complete=False)
     labels = gallery_labels_of(gallery, read_labels(gallery_labels), gallery_labels)
     query_set = Queries(queries, gallery)  # cheap checks before any model is loaded
@@ -247,7 +251,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
         from delfx.recognition.non_landmarks import NonLandmarks
         known = NonLandmarks(non_landmarks, gallery)
     chance = None
-    if chance_pairs and mode != "classifier":
+    if chance_pairs and mode != "classifier" and config.scoring == "inliers":
         chance = measure_chance(gallery, labels, search, index=index, pairs=chance_pairs,
                                 memo=memo)
     recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config,

@@ -43,7 +43,7 @@ from delfx.index.search import (SearchConfig, VerificationMemo, search_one, shor
                                 verify_candidates, vote)
 from delfx.recognition.calibration import Calibration
 from delfx.recognition.chance import ChanceModel
-from delfx.recognition.scoring import Verified, aggregate
+from delfx.recognition.scoring import RULES, Verified, aggregate
 from delfx.store import FeatureSet, ImageFeatures
 from delfx.store.padding import padded_records
 
@@ -80,6 +80,7 @@ class RecognitionConfig:
     shortlist: int = 30     # gallery images nearest by global descriptor verified (shortlist)
     aggregate: int = 1
     non_landmark_penalty: bool = True
+    scoring: str = "inliers"  # or "delg" (shortlist mode): scoring.RULES
     search: SearchConfig = SearchConfig()
 
 
@@ -152,6 +153,11 @@ class Recognizer:
             raise ValueError(f"mode {config.mode} needs a classifier")
         if config.aggregate < 1:
             raise ValueError("aggregate must be >= 1")
+        if config.scoring not in RULES:
+            raise ValueError(f"scoring must be one of {RULES}")
+        if config.scoring == "delg" and config.mode != "shortlist":
+            raise DelfxError("--scoring delg needs --mode shortlist (it weighs each image's "
+                             "global similarity)")
         if calibration is not None and not set(calibration.names) <= set(FEATURES[config.mode]):
             raise ValueError(f"calibration is for features {calibration.names}, mode "
                              f"{config.mode} gives {FEATURES[config.mode]}")
@@ -188,9 +194,11 @@ class Recognizer:
         probs = self.classifier.predict(x, mask)[0]
         return {label: float(p) for label, p in zip(self.classifier.labels.labels, probs)}
 
-    def _verified(self, results) -> list[Verified]:
-        """Search results as evidence; gallery images without a label entry are left out."""
-        return [Verified(r.gallery_id, self.labels[r.gallery_id] or None, r.inliers, r.matches)
+    def _verified(self, results, similarity: bool = False) -> list[Verified]:
+        """Search results as evidence; gallery images without a label entry are left out.
+        `similarity`: the results' votes are global cosine x 1000 (shortlist_one)."""
+        return [Verified(r.gallery_id, self.labels[r.gallery_id] or None, r.inliers, r.matches,
+                         r.votes / 1000 if similarity else 0.0)
                 for r in results if r.gallery_id in self.labels]
 
     def _verify_labels(self, query: ImageFeatures, labels: list[str], exclude: str | None,
@@ -213,7 +221,7 @@ class Recognizer:
         search = dataclasses.replace(self.config.search, shortlist=self.config.shortlist,
                                      top=self.config.shortlist)
         return self._verified(shortlist_one(query, self.global_index, self.gallery, search,
-                                            exclude_self, self.memo))
+                                            exclude_self, self.memo), similarity=True)
 
     def evidence(self, query: ImageFeatures, exclude_self: bool = False
                  ) -> tuple[list[Candidate], float]:
@@ -244,7 +252,8 @@ class Recognizer:
         if self.non_landmarks is not None:
             verified += self.non_landmarks.verified(query, self.config.search, self.memo,
                                                     exclude_self)
-        by_label, non_landmark = aggregate(verified, self.config.aggregate, self.chance)
+        by_label, non_landmark = aggregate(verified, self.config.aggregate, self.chance,
+                                           self.config.scoring)
         candidates = [Candidate(e.label, probabilities.get(e.label, 0.0), e.inliers, e.matches,
                                 e.gallery_id, e.evidence, e.images) for e in by_label.values()]
         candidates.sort(key=lambda c: (-self._raw(c, non_landmark), c.label))
@@ -314,7 +323,7 @@ class Recognizer:
         ranked = [c for _, c, _ in scored]
         best = scored[0] if scored else None
         if best is None or (self.config.mode in ("retrieval", "shortlist")
-                            and best[1].inliers == 0):
+                            and self.config.scoring == "inliers" and best[1].inliers == 0):
             return Recognition(query.image_id, None, 0.0, {}, ranked, non_landmark)
         score, candidate, features = best
         floor = self.config.min_score

@@ -13,6 +13,10 @@ below). Then:
 * the non-landmark evidence is the same sum over the non-landmark gallery images, if positive:
   a query that matches photos known not to be landmarks as well as its best landmark is
   probably not one either (GLR2020 1st place), so with `non_landmark_penalty` it is subtracted;
+* with `rule="delg"` (shortlist mode, where each verified image also has its global cosine
+  similarity), the DELG baseline's combined score instead: per image, cosine + min(inliers,
+  70) / 70; the 10 best images by it, of which the 5 best vote, each with its score (Cao et al.
+  2020, the GLDv2 recognition baseline);
 * a landmark answered for too many queries of one batch is demoted (`demote_frequent`): a
   landmark with much texture or a common motif collects the distractors (GLR2019 3rd, GLR2020
   2nd).
@@ -23,6 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+RULES = ("inliers", "delg")
+DELG_INLIER_CAP, DELG_RERANKED, DELG_VOTERS = 70, 10, 5
+
 
 @dataclass(frozen=True)
 class Verified:
@@ -32,6 +39,7 @@ class Verified:
     label: str | None
     inliers: int
     matches: int
+    similarity: float = 0.0  # global cosine similarity (shortlist mode)
 
 
 @dataclass
@@ -51,15 +59,21 @@ def value_fn(chance) -> Callable[[Verified], float]:
     return lambda v: chance.excess(v.inliers, v.matches)
 
 
-def aggregate(verified: Iterable[Verified], top: int, chance=None
+def delg_value(v: Verified) -> float:
+    return v.similarity + min(v.inliers, DELG_INLIER_CAP) / DELG_INLIER_CAP
+
+
+def aggregate(verified: Iterable[Verified], top: int, chance=None, rule: str = "inliers"
               ) -> tuple[dict[str, LabelEvidence], float]:
     """(evidence per landmark, non-landmark evidence) of one query; each gallery image counts
     once (its best verification)."""
-    value = value_fn(chance)
     best: dict[str, Verified] = {}
     for v in verified:
         if v.gallery_id not in best or v.inliers > best[v.gallery_id].inliers:
             best[v.gallery_id] = v
+    if rule == "delg":
+        return _aggregate_delg(list(best.values()))
+    value = value_fn(chance)
     groups: dict[str | None, list[Verified]] = {}
     for v in best.values():
         groups.setdefault(v.label or None, []).append(v)
@@ -74,6 +88,26 @@ def aggregate(verified: Iterable[Verified], top: int, chance=None
         head = min(members, key=lambda v: (-v.inliers, -v.matches, v.gallery_id))
         out[label] = LabelEvidence(label, evidence, head.inliers, head.matches, head.gallery_id,
                                    sum(1 for x in values if x > 0))
+    return out, non_landmark
+
+
+def _aggregate_delg(images: list[Verified]) -> tuple[dict[str, LabelEvidence], float]:
+    ranked = sorted(images, key=lambda v: (-delg_value(v), v.gallery_id))[:DELG_RERANKED]
+    voters = {v.gallery_id for v in ranked[:DELG_VOTERS]}
+    out: dict[str, LabelEvidence] = {}
+    non_landmark = 0.0
+    for v in ranked:
+        weight = delg_value(v) if v.gallery_id in voters else 0.0
+        if not v.label:
+            non_landmark += weight
+            continue
+        e = out.get(v.label)
+        if e is None:  # ranked best first: the first image of a label is its best
+            out[v.label] = LabelEvidence(v.label, weight, v.inliers, v.matches, v.gallery_id,
+                                         int(weight > 0))
+        else:
+            e.evidence += weight
+            e.images += int(weight > 0)
     return out, non_landmark
 
 

@@ -193,14 +193,18 @@ def test_extraction_stores_globals_and_refuses_mixing(trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["shortlist", "classifier", "fused"])
+@pytest.mark.parametrize("mode", ["shortlist", "shortlist delg", "classifier", "fused"])
 def test_classify_and_evaluate_with_global_models(sample_dataset, trained, mode):
     root, _ = trained
     data = sample_dataset.root
     out = root / f"{mode}.csv"
+    mode, _, scoring = mode.partition(" ")
     summary = json.loads(invoke("classify", root / "gallery", data / "train.csv", root / "queries",
                                  "--out", out, "--mode", mode, "--index", root / "index",
-                                 "--classifier", root / "gem", "--shortlist", "5"))
+                                 "--classifier", root / "gem", "--shortlist", "5",
+                                 *(["--scoring", scoring] if scoring else [])))
+    assert summary["scoring"]["scoring"] == (scoring or "inliers")
+    assert (summary["chance"] is None) == (scoring == "delg" or mode == "classifier")
     assert summary["queries"] == sum(1 for i in sample_dataset.images if i.split == "query")
     report = json.loads(invoke("evaluate", out, data / "query.csv"))
     assert report["top1"] >= 0.75 and report["gap"] >= 0.6, report

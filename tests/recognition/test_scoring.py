@@ -179,3 +179,30 @@ def test_negative_pairs_never_pair_one_landmark_or_two_non_landmarks():
     assert frozenset(("a1", "a2")) not in unordered and frozenset(("n1", "n2")) not in unordered
     assert frozenset(("a1", "b1")) in unordered  # 8 negative pairs of 10; 100 draws find them
     assert negative_pairs({"a1": "a", "a2": "a"}, ["a1", "a2"], 10) == []
+
+
+def test_delg_combined_score_reranks_ten_and_lets_five_vote():
+    # per image: cosine + min(inliers, 70) / 70
+    images = [Verified("a1", "a", 140, 300, 0.9),  # 0.9 + 1.0 = 1.9 (inliers capped at 70)
+              Verified("b1", "b", 35, 100, 0.8),   # 0.8 + 0.5 = 1.3
+              Verified("b2", "b", 35, 100, 0.7),   # 1.2
+              Verified("b3", "b", 7, 50, 0.9),     # 1.0
+              Verified("n1", None, 14, 60, 0.6),   # 0.8 (non-landmark)
+              Verified("c1", "c", 0, 10, 0.75)]    # 0.75: 6th, re-ranked but not a voter
+    by_label, non_landmark = aggregate(images, top=1, rule="delg")
+    assert by_label["a"].evidence == pytest.approx(1.9)
+    assert by_label["b"].evidence == pytest.approx(1.3 + 1.2 + 1.0)  # three voters
+    assert (by_label["b"].gallery_id, by_label["b"].images) == ("b1", 3)
+    assert by_label["c"].evidence == 0 and non_landmark == pytest.approx(0.8)
+    # eleven images: only the ten best are re-ranked at all
+    many = [Verified(f"x{i}", f"l{i}", 70, 100, 1.0 - i / 100) for i in range(11)]
+    by_label, _ = aggregate(many, top=1, rule="delg")
+    assert len(by_label) == 10 and "l10" not in by_label
+    assert sum(e.evidence > 0 for e in by_label.values()) == 5
+
+
+def test_delg_scoring_needs_shortlist_mode():
+    from delfx.errors import DelfxError
+    with pytest.raises(DelfxError, match="needs --mode shortlist"):
+        Recognizer(_Gallery(), {}, index=object(),
+                   config=RecognitionConfig(mode="retrieval", scoring="delg"))
