@@ -143,7 +143,7 @@ STAGES: tuple[Stage, ...] = (
           "non-landmark photos as distractors, leave-one-out and on held-out landmarks: the "
           "scoring delfx used before, each change of scoring and rejection alone and together, "
           "calibration, and the verification recipe, per feature model.",
-          full=("--rows", "scoring,recipe"),
+          full=("--rows", "scoring,recipe,rank"),
           needs_shared=True,
           notes="Nothing is rejected by default (an answer ranked below the others never costs "
                 "GAP), so the rejection column is non-zero only with --min-score; 'below every "

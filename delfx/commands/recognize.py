@@ -122,6 +122,10 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
 @click.option("--scoring", type=click.Choice(["inliers", "delg"]), default=None,
               help="inliers: evidence from inliers (above chance); delg: DELG's cosine + "
               "min(inliers, 70)/70, top-10 re-ranked, top-5 vote (--mode shortlist) [inliers].")
+@click.option("--rank-by", type=click.Choice(["evidence", "inliers"]), default=None,
+              help="Answers at or above chance (and the non-landmark images) ranked by their "
+              "evidence above chance, or by raw inliers; those below chance come after either "
+              "way [evidence].")
 @click.option("--per-class", type=POSITIVE, default=None,
               help="Gallery images verified per classifier proposal (fused) [5].")
 @click.option("--chance-pairs", type=click.IntRange(0), default=DEFAULT_CHANCE_PAIRS,
@@ -143,6 +147,7 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
              global_model_dir: Path | None, shortlist: int, matcher: str, k: int | None,
              max_distance: float | None, ransac: str | None, threshold: float | None,
              aggregate: int | None, per_class: int | None, scoring: str | None,
+             rank_by: str | None,
              chance_pairs: int,
              no_non_landmark_penalty: bool, max_per_landmark: int, exclude_self: bool,
              non_landmarks: Path | None) -> None:
@@ -157,7 +162,7 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
                                             "max_distance": max_distance,
                                             "relative_threshold": threshold},
                            scoring={"aggregate": aggregate, "per_class": per_class,
-                                    "scoring": scoring,
+                                    "scoring": scoring, "rank_by": rank_by,
                                     "non_landmark_penalty": False if no_non_landmark_penalty
                                     else None},
                            chance_pairs=chance_pairs, max_per_landmark=max_per_landmark,

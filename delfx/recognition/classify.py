@@ -135,7 +135,7 @@ def scoring_settings(config, chance) -> dict[str, Any]:
     """What makes evidence comparable: verification, aggregation, penalty and chance model."""
     return {**verification_settings(config.search), "aggregate": config.aggregate,
             "non_landmark_penalty": config.non_landmark_penalty, "chance": chance is not None,
-            "scoring": config.scoring}
+            "scoring": config.scoring, "rank_by": config.rank_by}
 
 
 def check_calibration_settings(calibration: Calibration, config, chance, path) -> None:

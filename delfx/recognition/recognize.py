@@ -50,6 +50,7 @@ from delfx.store.padding import padded_records
 log = logging.getLogger(__name__)
 
 MODES = CLASSIFY_MODES
+RANK_BY = ("evidence", "inliers")
 # Evidence features of an answer: FEATURES[mode] are the ones a calibration is fitted on; a
 # calibration file may use any subset of them (files fitted by older delfx use fewer).
 _VERIFIED = ["log_inliers", "log_margin", "inlier_ratio", "log_evidence", "log_evidence_margin",
@@ -81,6 +82,7 @@ class RecognitionConfig:
     aggregate: int = 1
     non_landmark_penalty: bool = True
     scoring: str = "inliers"  # or "delg" (shortlist mode): scoring.RULES
+    rank_by: str = "evidence"  # answers at or above chance ranked by it, or by raw "inliers"
     search: SearchConfig = SearchConfig()
 
 
@@ -93,6 +95,7 @@ class Candidate:
     gallery_id: str | None = None
     evidence: float = 0.0   # aggregated over its best images, above chance when modelled
     images: int = 0         # its verified gallery images with evidence
+    inlier_sum: float = 0.0  # raw inliers of its `aggregate` best images
 
 
 @dataclass
@@ -155,6 +158,8 @@ class Recognizer:
             raise ValueError("aggregate must be >= 1")
         if config.scoring not in RULES:
             raise ValueError(f"scoring must be one of {RULES}")
+        if config.rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}")
         if config.scoring == "delg" and config.mode != "shortlist":
             raise DelfxError("--scoring delg needs --mode shortlist (it weighs each image's "
                              "global similarity)")
@@ -255,7 +260,8 @@ class Recognizer:
         by_label, non_landmark = aggregate(verified, self.config.aggregate, self.chance,
                                            self.config.scoring)
         candidates = [Candidate(e.label, probabilities.get(e.label, 0.0), e.inliers, e.matches,
-                                e.gallery_id, e.evidence, e.images) for e in by_label.values()]
+                                e.gallery_id, e.evidence, e.images, e.inlier_sum)
+                      for e in by_label.values()]
         candidates.sort(key=lambda c: (-self._raw(c, non_landmark), c.label))
         return candidates, non_landmark
 
@@ -286,7 +292,12 @@ class Recognizer:
         mode = self.config.mode
         if mode == "classifier":
             return candidate.probability
-        verification = _positive(self._verification_score(candidate, non_landmark))
+        x = self._verification_score(candidate, non_landmark)
+        if self.config.rank_by == "inliers" and x >= 0:
+            # above chance and the non-landmark images: ranked by raw inliers, all above 1
+            verification = 1.0 + candidate.inlier_sum
+        else:
+            verification = _positive(x)
         if mode in ("retrieval", "shortlist"):
             return verification
         # fused: verification decides, the probability proposes and breaks ties

@@ -50,6 +50,7 @@ class LabelEvidence:
     matches: int
     gallery_id: str
     images: int         # its verified images with a value > 0
+    inlier_sum: float = 0.0  # the sum of its `aggregate` best images' raw inliers
 
 
 def value_fn(chance) -> Callable[[Verified], float]:
@@ -86,8 +87,9 @@ def aggregate(verified: Iterable[Verified], top: int, chance=None, rule: str = "
             non_landmark = max(evidence, 0.0)
             continue
         head = min(members, key=lambda v: (-v.inliers, -v.matches, v.gallery_id))
+        raw = sorted((v.inliers for v in members), reverse=True)[:top]
         out[label] = LabelEvidence(label, evidence, head.inliers, head.matches, head.gallery_id,
-                                   sum(1 for x in values if x > 0))
+                                   sum(1 for x in values if x > 0), float(sum(raw)))
     return out, non_landmark
 
 
@@ -104,9 +106,10 @@ def _aggregate_delg(images: list[Verified]) -> tuple[dict[str, LabelEvidence], f
         e = out.get(v.label)
         if e is None:  # ranked best first: the first image of a label is its best
             out[v.label] = LabelEvidence(v.label, weight, v.inliers, v.matches, v.gallery_id,
-                                         int(weight > 0))
+                                         int(weight > 0), weight)
         else:
             e.evidence += weight
+            e.inlier_sum += weight
             e.images += int(weight > 0)
     return out, non_landmark
 

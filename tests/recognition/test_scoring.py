@@ -67,8 +67,8 @@ def _recognizer(verified_of, **config):
         from delfx.recognition.recognize import Candidate
         by_label, non_landmark = aggregate(verified_of(query.image_id), recognizer.config.aggregate,
                                            recognizer.chance)
-        ranked = [Candidate(e.label, 0.0, e.inliers, e.matches, e.gallery_id, e.evidence, e.images)
-                  for e in by_label.values()]
+        ranked = [Candidate(e.label, 0.0, e.inliers, e.matches, e.gallery_id, e.evidence, e.images,
+                            e.inlier_sum) for e in by_label.values()]
         ranked.sort(key=lambda c: (-recognizer._raw(c, non_landmark), c.label))
         return ranked, non_landmark
 
@@ -206,3 +206,22 @@ def test_delg_scoring_needs_shortlist_mode():
     with pytest.raises(DelfxError, match="needs --mode shortlist"):
         Recognizer(_Gallery(), {}, index=object(),
                    config=RecognitionConfig(mode="retrieval", scoring="delg"))
+
+
+def test_rank_by_inliers_keeps_the_chance_gate():
+    """rank_by inliers: answers above chance ranked by raw inliers (1 + inliers), those below
+    chance after them, by their evidence (e^x)."""
+    chance = ChanceModel(matches=(100.0,), level=(10.0,), pairs=50)  # 10 at 100 matches
+
+    def verified(query):
+        return {"q1": [Verified("a1", "a", 30, 200)],   # 30 - 20 = 10 above chance
+                "q2": [Verified("b1", "b", 25, 100)],   # 25 - 10 = 15 above chance
+                "q3": [Verified("c1", "c", 40, 500)]}[query]  # 40 - 50 = -10: below
+    by_evidence = _recognizer(verified)
+    by_inliers = _recognizer(verified, rank_by="inliers")
+    for r in (by_evidence, by_inliers):
+        r.chance = chance
+    scores = {q: by_evidence.recognize(_query(q)).score for q in ("q1", "q2", "q3")}
+    assert scores == pytest.approx({"q1": 11.0, "q2": 16.0, "q3": np.exp(-10)})
+    scores = {q: by_inliers.recognize(_query(q)).score for q in ("q1", "q2", "q3")}
+    assert scores == pytest.approx({"q1": 31.0, "q2": 26.0, "q3": np.exp(-10)})
