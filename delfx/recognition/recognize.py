@@ -292,6 +292,9 @@ class Recognizer:
         mode = self.config.mode
         if mode == "classifier":
             return candidate.probability
+        if candidate.inliers == 0 and self.config.scoring == "inliers":
+            # nothing verified: below every verified answer whatever the chance level
+            return candidate.probability if mode == "fused" else 0.0
         x = self._verification_score(candidate, non_landmark)
         if self.config.rank_by == "inliers" and x >= 0:
             # above chance and the non-landmark images: ranked by raw inliers, all above 1

@@ -54,13 +54,14 @@ def _recognizer(mode, candidates, calibration=None, min_score=0.0, non_landmark=
 def test_fused_raw_score_is_inliers_plus_probability():
     # raw verification score 1 + inliers (x >= 0):
     # a: 12 inliers, p 0.1 -> 13.1; b: 11 inliers, p 0.9 -> 12.9; c: unverified proposal, p 0.95
+    # -> 0.95 (nothing verified: its probability only)
     candidates = [{"label": "a", "probability": 0.1, "inliers": 12, "matches": 40},
                   {"label": "b", "probability": 0.9, "inliers": 11, "matches": 20},
                   {"label": "c", "probability": 0.95, "inliers": 0, "matches": 0}]
     recognizer = _recognizer("fused", lambda q: candidates)
     scored = recognizer.scored_candidates(_query())
     assert [c.label for _, c, _ in scored] == ["a", "b", "c"]
-    assert [s for s, _, _ in scored] == pytest.approx([13.1, 12.9, 1.95])
+    assert [s for s, _, _ in scored] == pytest.approx([13.1, 12.9, 0.95])
     result = recognizer.recognize(_query())
     assert (result.label, result.score) == ("a", pytest.approx(13.1))
     # evidence of the winner, against the best of the others

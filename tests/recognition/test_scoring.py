@@ -35,12 +35,12 @@ def test_aggregate_sums_the_best_images_of_each_landmark():
 
 def test_aggregate_counts_inliers_above_chance():
     chance = ChanceModel(matches=(100.0,), level=(10.0,), pairs=50)
-    # chance level: 10 at 100 matches, proportional outside the one bin: 5 at 50, 20 at 200
-    assert [chance.expected(m) for m in (0, 50, 100, 200)] == [0, 5, 10, 20]
+    # chance level: 10 at 100 matches, falling to 0 below the one bin (5 at 50), flat above it
+    assert [chance.expected(m) for m in (0, 50, 100, 200)] == [0, 5, 10, 10]
     by_label, non_landmark = aggregate(EVIDENCE, top=3, chance=chance)
-    # a: 30-10 = 20, then only positive values add: 10-10 = 0, 4-5 = -1 -> 0; b: 25 - 20 = 5;
+    # a: 30-10 = 20, then only positive values add: 10-10 = 0, 4-5 = -1 -> 0; b: 25 - 10 = 15;
     # non-landmarks: 8-10 = -2 and 3-10 = -7: below chance, no evidence (0, never negative)
-    assert {l: e.evidence for l, e in by_label.items()} == {"a": 20, "b": 5}
+    assert {l: e.evidence for l, e in by_label.items()} == {"a": 20, "b": 15}
     assert non_landmark == 0 and by_label["a"].images == 1
     # a landmark whose best image is below chance has negative evidence: 4 - 5 = -1
     by_label, _ = aggregate([Verified("c1", "c", 4, 50), Verified("c2", "c", 1, 50)], 3, chance)
@@ -149,7 +149,8 @@ def test_fit_chance_levels_and_trimming():
     model = fit_chance([(20, 0), (20, 2)] * 20 + [(80, 4), (80, 8)] * 20, bins=2)
     assert model.matches == (20.0, 80.0) and model.level == pytest.approx((4.0, 12.0))
     assert model.expected(50) == pytest.approx(8.0)   # interpolated
-    assert model.expected(160) == pytest.approx(24.0)  # scaled beyond the last bin
+    assert model.expected(160) == pytest.approx(12.0)  # flat beyond the last bin
+    assert model.expected(10) == pytest.approx(2.0)   # falls to 0 below the first
     with pytest.raises(ValueError, match="needs >= 20 negative pairs"):
         fit_chance([(10, 1)] * 5)
 
@@ -214,14 +215,28 @@ def test_rank_by_inliers_keeps_the_chance_gate():
     chance = ChanceModel(matches=(100.0,), level=(10.0,), pairs=50)  # 10 at 100 matches
 
     def verified(query):
-        return {"q1": [Verified("a1", "a", 30, 200)],   # 30 - 20 = 10 above chance
+        return {"q1": [Verified("a1", "a", 20, 200)],   # 20 - 10 = 10 above chance
                 "q2": [Verified("b1", "b", 25, 100)],   # 25 - 10 = 15 above chance
-                "q3": [Verified("c1", "c", 40, 500)]}[query]  # 40 - 50 = -10: below
+                "q3": [Verified("c1", "c", 4, 80)]}[query]  # 4 - 8 = -4: below
     by_evidence = _recognizer(verified)
     by_inliers = _recognizer(verified, rank_by="inliers")
     for r in (by_evidence, by_inliers):
         r.chance = chance
     scores = {q: by_evidence.recognize(_query(q)).score for q in ("q1", "q2", "q3")}
-    assert scores == pytest.approx({"q1": 11.0, "q2": 16.0, "q3": np.exp(-10)})
+    assert scores == pytest.approx({"q1": 11.0, "q2": 16.0, "q3": np.exp(-4)})
     scores = {q: by_inliers.recognize(_query(q)).score for q in ("q1", "q2", "q3")}
-    assert scores == pytest.approx({"q1": 31.0, "q2": 26.0, "q3": np.exp(-10)})
+    assert scores == pytest.approx({"q1": 21.0, "q2": 26.0, "q3": np.exp(-4)})
+
+
+def test_a_learned_matchers_true_match_is_not_chance():
+    """LightGlue gives unrelated pairs a few matches, nearly all inliers; a true pair has
+    hundreds: the level must not grow with matches beyond what negatives showed."""
+    model = fit_chance([(m, m - 1) for m in (3, 4, 5, 6, 8) for _ in range(10)], bins=2)
+    assert model.excess(300, 320) > 290
+    # a landmark with nothing verified ranks below one with evidence below chance
+    def verified(query):
+        return [Verified("a1", "a", 0, 0), Verified("b1", "b", 3, 8)]
+    recognizer = _recognizer(verified)
+    recognizer.chance = model
+    result = recognizer.recognize(_query("q1"))
+    assert result.label == "b" and 0 < result.score < 1
