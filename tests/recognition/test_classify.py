@@ -117,7 +117,7 @@ def test_calibration_from_other_verification_settings_is_refused(sample_dataset,
     assert "aggregate 1 (now 3)" in result.output and not (tmp_path / "b.csv").exists()
     # a file from before delfx recorded the settings: used, with a warning
     for key in ("features", "matcher", "ransac", "relative_threshold", "aggregate",
-                "non_landmark_penalty", "chance"):
+                "non_landmark_penalty", "chance", "scoring", "rank_by"):
         document["fitted_on"].pop(key)
     calibration.write_text(json.dumps(document))
     result = CliRunner().invoke(cli, ["classify", *map(str, common), "--out",
