@@ -14,7 +14,8 @@ query that should get no answer and a non-landmark gallery image for the others)
 Rows, per feature model (`--models name[@long_side][:matcher]`; default delf-hybrid at 512,
 delfx's offline default before the learned models, and xfeat at 1024 with its LighterGlue, the
 default with the torch extra): the scoring before this stage existed (best image's raw inliers,
-non-landmark gallery images ignored), then each change alone, then together. Every row is one
+non-landmark gallery images ignored), then each change alone, then together; classify's
+defaults are the row DEFAULTS names. Every row is one
 `run_classify` call in retrieval mode, scored with delfx's GAP and accuracy; a row's
 verifications are shared with the others through one VerificationMemo per model (the same
 pairs with the same settings give the same inliers), so rows differ only in scoring.
@@ -60,17 +61,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "penalty + chance + top-3, max 3 per landmark": {
         "scoring": {"aggregate": 3, "non_landmark_penalty": True}, "chance_pairs": 200,
         "max_per_landmark": 3},
-    "classify's defaults": {},
-    "classify's defaults, --min-score 1 (no answer below chance)": {"min_score": 1.0},
+    "penalty + chance, --min-score 1 (no answer below chance)": {
+        "scoring": {"aggregate": 1, "non_landmark_penalty": True}, "chance_pairs": 200,
+        "min_score": 1.0},
 }
+DEFAULTS = "+ non-landmark penalty"  # classify's defaults
 CALIBRATED = ("penalty + chance", "penalty + chance + top-3")
-# The verification recipe, with classify's default scoring: each row changes one setting.
+# The verification recipe, with penalty + chance scoring: each row changes one setting.
+_PENALTY_CHANCE = {"scoring": {"aggregate": 1, "non_landmark_penalty": True}, "chance_pairs": 200}
 RECIPE: dict[str, dict[str, Any]] = {
-    "defaults, RANSAC similarity": {"search_settings": {"ransac": "similarity"}},
-    "defaults, RANSAC homography": {"search_settings": {"ransac": "homography"}},
-    "defaults, RANSAC threshold x1.5": {"threshold_scale": 1.5},
-    "defaults, RANSAC threshold x0.67": {"threshold_scale": 2 / 3},
-    "defaults, shortlist 60": {"shortlist": 60},
+    "penalty + chance, RANSAC similarity": {**_PENALTY_CHANCE,
+                                            "search_settings": {"ransac": "similarity"}},
+    "penalty + chance, RANSAC homography": {**_PENALTY_CHANCE,
+                                            "search_settings": {"ransac": "homography"}},
+    "penalty + chance, RANSAC threshold x1.5": {**_PENALTY_CHANCE, "threshold_scale": 1.5},
+    "penalty + chance, RANSAC threshold x0.67": {**_PENALTY_CHANCE, "threshold_scale": 2 / 3},
+    "penalty + chance, shortlist 60": {**_PENALTY_CHANCE, "shortlist": 60},
 }
 # Chance as a gate only: answers above chance ranked by raw inliers, those below after them.
 RANK: dict[str, dict[str, Any]] = {
@@ -216,8 +222,7 @@ def evaluate_model(entry: str, photos: Sequence[Photo], workdir: Path,
     for protocol_name in ("leave-one-out", "held-out landmarks"):
         protocol = protocols[protocol_name]
         rows[protocol_name] = {}
-        baseline = {k: VARIANTS[k] for k in ("before: best image, raw inliers",
-                                             "classify's defaults")}
+        baseline = {k: VARIANTS[k] for k in ("before: best image, raw inliers", DEFAULTS)}
         variants = {**(VARIANTS if "scoring" in groups else baseline),
                     **(RECIPE if "recipe" in groups else {}),
                     **(RANK if "rank" in groups else {})}

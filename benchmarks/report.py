@@ -144,7 +144,7 @@ def _recognition_cli(d: dict) -> Headline:
              f"answer {r['non_landmark_harmless']:.2f}")
             for label, m in d["models"].items() for protocol, rows in m["rows"].items()
             for name, r in rows.items()
-            if name.startswith(("before", "classify's defaults")) and "min-score" not in name]
+            if name.startswith(("before", "+ non-landmark penalty", "penalty + chance, --min"))]
 
 
 def _global(d: dict) -> Headline:

@@ -128,9 +128,10 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               "way [evidence].")
 @click.option("--per-class", type=POSITIVE, default=None,
               help="Gallery images verified per classifier proposal (fused) [5].")
-@click.option("--chance-pairs", type=click.IntRange(0), default=DEFAULT_CHANCE_PAIRS,
-              help="Negative gallery pairs verified to learn how many inliers unrelated images "
-              "reach; evidence then counts inliers above that (0: raw inliers).")
+@click.option("--chance-pairs", type=click.IntRange(0), default=0,
+              help=f"Negative gallery pairs verified to learn how many inliers unrelated images "
+              f"reach (e.g. {DEFAULT_CHANCE_PAIRS}); evidence then counts inliers above that, "
+              f"and --min-score 1 leaves answers below chance unanswered [0: raw inliers].")
 @click.option("--no-non-landmark-penalty", is_flag=True, help="Do not subtract the evidence of "
               "non-landmark gallery images (empty landmark in GALLERY_LABELS).")
 @click.option("--max-per-landmark", type=click.IntRange(0), default=0, help="Demote a landmark's "

@@ -135,7 +135,7 @@ def test_chance_model_rejects_distractors_and_keeps_landmarks(sample_dataset, pi
     raw = json.loads(invoke("classify", *common, "--out", tmp_path / "raw.csv",
                             "--chance-pairs", "0"))
     chance = json.loads(invoke("classify", *common, "--out", tmp_path / "chance.csv",
-                               "--evidence", tmp_path / "chance.jsonl"))
+                               "--evidence", tmp_path / "chance.jsonl", "--chance-pairs", "200"))
     model = chance["chance"]
     assert raw["chance"] is None and model["pairs"] >= 20 and max(model["level"]) > 0
     assert chance["scoring"]["chance"] is True
