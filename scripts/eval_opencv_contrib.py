@@ -36,7 +36,7 @@ from benchmarks.eval_local_features import (SIFT_THRESHOLD_PX, held_out_retrieva
                                             loo_retrieval, pair_inliers, separation)
 from delfx.config import ExtractConfig
 from delfx.extractor.base import prepare_image, to_original_pixels
-from delfx.extractor.rootsift import SIFT_PARAMS, _to_gray, detect_rootsift, root_sift
+from delfx.extractor.rootsift import _to_gray, detect_rootsift, root_sift, sift_detector
 from delfx.images import load_image
 from delfx.store.records import ImageFeatures
 
@@ -76,13 +76,7 @@ VARIANTS = {
 def sift_keypoints(gray: np.ndarray):
     """detect_rootsift's detection, replicated to keep the cv2.KeyPoint objects:
     (keypoints in detect_rootsift's order, RootSIFT (N, 128))."""
-    sift = cv2.SIFT_create(nfeatures=MAX_FEATURES,
-                           nOctaveLayers=SIFT_PARAMS["n_octave_layers"],
-                           contrastThreshold=SIFT_PARAMS["contrast_threshold"],
-                           edgeThreshold=SIFT_PARAMS["edge_threshold"],
-                           sigma=SIFT_PARAMS["sigma"],
-                           enable_precise_upscale=SIFT_PARAMS["precise_upscale"])
-    keypoints, descriptors = sift.detectAndCompute(gray, None)
+    keypoints, descriptors = sift_detector(MAX_FEATURES).detectAndCompute(gray, None)
     x, y, size, angle, response = np.array(
         [(k.pt[0], k.pt[1], k.size, k.angle, k.response) for k in keypoints], np.float64).T
     order = np.lexsort((angle, size, x, y, -response))

@@ -175,13 +175,7 @@ class HybridModel(FeatureModel):
                              f"fit-pca --model delf-hybrid`, or set descriptor_dim 0 for the raw "
                              f"{RAW_DIM}-d descriptors")
         if pca is not None:
-            if pca.in_dim != RAW_DIM:
-                raise DelfxError(f"delf-hybrid needs a PCA fitted on {RAW_DIM}-d hybrid "
-                                 f"descriptors, got one with input dimension {pca.in_dim}")
-            if not 1 <= dim <= pca.out_dim:
-                raise DelfxError(f"descriptor_dim {dim} needs a PCA with at least {dim} "
-                                 f"components, the given one has {pca.out_dim}")
-            pca = pca.truncate(dim)
+            pca = pca.for_descriptors(RAW_DIM, dim, "delf-hybrid")
         self.cnn_pca = cnn_pca.truncate(CNN_DIM)
         self.pca = pca
         self.descriptor_dim = pca.out_dim if pca is not None else RAW_DIM

@@ -80,13 +80,7 @@ class LearnedModel(FeatureModel):
         self._digest = combined_sha256([self.name] + [file_sha256(p) for p in self.weight_paths])
         dim = config.descriptor_dim
         if pca is not None:
-            if pca.in_dim != self.native_dim:
-                raise DelfxError(f"{self.name} needs a PCA fitted on its {self.native_dim}-d "
-                                 f"descriptors, got one with input dimension {pca.in_dim}")
-            if not 1 <= dim <= pca.out_dim:
-                raise DelfxError(f"descriptor_dim {dim} needs a PCA with at least {dim} "
-                                 f"components, the given one has {pca.out_dim}")
-            pca = pca.truncate(dim)
+            pca = pca.for_descriptors(self.native_dim, dim, self.name)
         elif dim not in (0, self.native_dim):
             raise DelfxError(f"{self.name} gives {self.native_dim}-d descriptors: set "
                              f"descriptor_dim 0 (or {self.native_dim}), or pass a PCA to {dim}-d "

@@ -112,6 +112,17 @@ class PCAProjection:
             projected /= np.sqrt(self.variances + np.float32(WHITEN_EPS))
         return projected
 
+    def for_descriptors(self, in_dim: int, dim: int, what: str) -> "PCAProjection":
+        """This PCA checked against `what`'s `in_dim`-d descriptors and truncated to `dim`
+        (a model's constructor asks this of the PCA it is given)."""
+        if self.in_dim != in_dim:
+            raise DelfxError(f"{what} needs a PCA fitted on its {in_dim}-d descriptors, got one "
+                             f"with input dimension {self.in_dim}")
+        if not 1 <= dim <= self.out_dim:
+            raise DelfxError(f"descriptor_dim {dim} needs a PCA with at least {dim} components, "
+                             f"the given one has {self.out_dim}")
+        return self.truncate(dim)
+
     def truncate(self, dim: int) -> "PCAProjection":
         """The same PCA keeping only the `dim` leading axes (DELF slices its matrix the same way)."""
         if not 1 <= dim <= self.out_dim:

@@ -88,10 +88,7 @@ class RootSIFT(FeatureModel):
                 raise DelfxError(f"RootSIFT with descriptor_dim {dim} needs a PCA: run "
                                  "`delfx fit-pca` on RootSIFT descriptors, or set descriptor_dim "
                                  f"{SIFT_DIM} (or 0) for raw RootSIFT")
-            if not 1 <= dim <= pca.out_dim:
-                raise DelfxError(f"descriptor_dim {dim} needs a PCA with at least {dim} "
-                                 f"components, the given one has {pca.out_dim}")
-            pca = pca.truncate(dim)
+            pca = pca.for_descriptors(SIFT_DIM, dim, "RootSIFT")
         self.pca = pca
         self.descriptor_dim = pca.out_dim if pca is not None else SIFT_DIM
 
@@ -120,6 +117,17 @@ class RootSIFT(FeatureModel):
         return locations, descriptors, sizes, responses
 
 
+def sift_detector(max_features: int):
+    """OpenCV's SIFT with delfx's settings (SIFT_PARAMS), at most `max_features` keypoints."""
+    import cv2
+    return cv2.SIFT_create(nfeatures=max_features,
+                           nOctaveLayers=SIFT_PARAMS["n_octave_layers"],
+                           contrastThreshold=SIFT_PARAMS["contrast_threshold"],
+                           edgeThreshold=SIFT_PARAMS["edge_threshold"],
+                           sigma=SIFT_PARAMS["sigma"],
+                           enable_precise_upscale=SIFT_PARAMS["precise_upscale"])
+
+
 def detect_rootsift(image: np.ndarray, max_features: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The `max_features` strongest SIFT keypoints of an image, strongest first, with RootSIFT.
@@ -135,19 +143,12 @@ def detect_rootsift(image: np.ndarray, max_features: int
         locations (N, 2) (y, x) in image pixels, RootSIFT (N, 128) float32 of unit L2 norm,
         sizes (N,) keypoint diameters in pixels, responses (N,).
     """
-    import cv2
     gray = _to_gray(image)
     empty = (np.zeros((0, 2), np.float32), np.zeros((0, SIFT_DIM), np.float32),
              np.zeros((0,), np.float32), np.zeros((0,), np.float32))
     if gray.size == 0:
         return empty
-    sift = cv2.SIFT_create(nfeatures=max_features,
-                           nOctaveLayers=SIFT_PARAMS["n_octave_layers"],
-                           contrastThreshold=SIFT_PARAMS["contrast_threshold"],
-                           edgeThreshold=SIFT_PARAMS["edge_threshold"],
-                           sigma=SIFT_PARAMS["sigma"],
-                           enable_precise_upscale=SIFT_PARAMS["precise_upscale"])
-    keypoints, descriptors = sift.detectAndCompute(gray, None)
+    keypoints, descriptors = sift_detector(max_features).detectAndCompute(gray, None)
     if not keypoints or descriptors is None:
         return empty
     x, y, size, angle, response = np.array(
