@@ -342,7 +342,11 @@ def _run(executor, plan, pending, manifest, out_dir, summary, config, descriptor
                                  config=manifest.config, shard_index=index,
                                  num_shards=manifest.num_shards,
                                  global_model=manifest.global_model)
-            active[index] = _Shard(index, chunks, idle.pop(), writer)
+            try:
+                active[index] = _Shard(index, chunks, idle.pop(), writer)
+            except BaseException:  # not yet in `active`, so nothing else would remove it
+                writer.abort()
+                raise
         for shard in list(active.values()):
             if not shard.chunks:
                 _finish(shard, manifest, out_dir, summary, executor, idle, active)

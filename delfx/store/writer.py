@@ -78,8 +78,19 @@ class ShardWriter:
         self._rows = 0
         self._closed = False
         self.info: ShardInfo | None = None  # set by close()
+        versions = json.dumps(library_versions(), sort_keys=True)  # before the file exists
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.tmp_path, "w", libver="latest")
+        self._file = None
+        try:
+            self._file = h5py.File(self.tmp_path, "w", libver="latest")
+            self._init_file(model_id, model_hash, config, versions, global_model)
+        except BaseException:  # Ctrl-C or an error here: no partial file is left behind
+            if self._file is not None:
+                self._file.close()
+            self.tmp_path.unlink(missing_ok=True)
+            raise
+
+    def _init_file(self, model_id, model_hash, config, versions, global_model) -> None:
         attrs = self._file.attrs
         attrs[S.ATTR_FORMAT] = S.FORMAT_NAME
         attrs[S.ATTR_SCHEMA_VERSION] = S.SCHEMA_VERSION
@@ -87,7 +98,7 @@ class ShardWriter:
         attrs[S.ATTR_MODEL_ID] = model_id
         attrs[S.ATTR_MODEL_HASH] = model_hash
         attrs[S.ATTR_CONFIG] = json.dumps(config, sort_keys=True)
-        attrs[S.ATTR_VERSIONS] = json.dumps(library_versions(), sort_keys=True)
+        attrs[S.ATTR_VERSIONS] = versions
         attrs[S.ATTR_CREATED] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         attrs[S.ATTR_SHARD_INDEX] = self.shard_index
         attrs[S.ATTR_NUM_SHARDS] = self.num_shards

@@ -227,3 +227,24 @@ def test_inspect_summary(tmp_path):
     assert summary["features"]["per_ok_image"] == {"min": 10, "median": 10.0, "mean": 10.0, "max": 10}
     assert summary["features"]["total"] == 80 and summary["shards"]["complete"] == 2
     assert summary["bytes"]["total"] == sum(p.stat().st_size for p in tmp_path.glob("*.h5"))
+
+
+@pytest.mark.parametrize("where", ["open", "attributes"])
+def test_interrupted_opening_leaves_no_partial_file(tmp_path, monkeypatch, where):
+    """Ctrl-C while a writer creates its file (opening it, writing its attributes and datasets)
+    propagates and leaves nothing behind: no half-made file a later run has to explain."""
+    import delfx.store.writer as writer_module
+    real_file = h5py.File
+
+    def interrupt(*args, **kwargs):
+        if where == "open":  # the file exists on disk, the call has not returned yet
+            real_file(tmp_path / (shard_file_name(0, 1) + f".partial-{os.getpid()}"), "w").close()
+        raise KeyboardInterrupt
+
+    if where == "open":
+        monkeypatch.setattr(writer_module.h5py, "File", interrupt)
+    else:
+        monkeypatch.setattr(writer_module.ShardWriter, "_init_file", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _writer(tmp_path / shard_file_name(0, 1))
+    assert list(tmp_path.iterdir()) == []
