@@ -201,7 +201,9 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
         exclude_self: a query never matches the gallery image with its own id (leave-one-out
             over a labelled gallery: QUERIES = GALLERY_DIR).
         memo: a VerificationMemo to reuse verifications from (benchmarks that score one gallery
-            several ways); by default one for this run (calibration and queries share pairs).
+            several ways). By default the gallery pairs of the chance model and the calibration
+            share one, and the queries use it only when they are the gallery (exclude_self):
+            otherwise no query pair can come twice, and hashing and keeping them is waste.
         non_landmarks: images known not to be landmarks, apart from the gallery (a feature set
             of its model, or images): non_landmarks.NonLandmarks.
     """
@@ -244,7 +246,9 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search,
                                shortlist=shortlist,
                                **{k: v for k, v in (scoring or {}).items() if v is not None})
-    memo = memo if memo is not None else VerificationMemo()
+    given_memo = memo is not None
+    if memo is None and (calibrate or chance_pairs):
+        memo = VerificationMemo()
     known = None
     if non_landmarks is not None:
         if mode == "classifier":
@@ -274,6 +278,8 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                              f"{mode} gives {FEATURES[mode]}: fit one with --calibrate")
         check_calibration_settings(calibration, config, chance, calibration_path)
     recognizer = recognizer.twin(calibration=calibration)
+    if not (given_memo or exclude_self):
+        recognizer.memo = None  # no query pair can come twice: nothing to hash or keep
     results, start = [], time.perf_counter()
     for query in query_set.records(global_model):
         results.append(recognizer.recognize(query, exclude_self=exclude_self))

@@ -136,7 +136,8 @@ class Recognizer:
             and `.labels` (a LabelMap).
         calibration: P(correct) model for this mode, or None for raw scores.
         chance: chance inliers of these verification settings (chance.py), or None: raw inliers.
-        memo: verifications to reuse (one per recogniser by default).
+        memo: verifications to reuse and record (VerificationMemo), or None: every pair is
+            verified afresh (the right thing when no pair can come twice).
         non_landmarks: images known not to be landmarks, kept apart from the gallery
             (non_landmarks.NonLandmarks): more non-landmark evidence.
     """
@@ -172,7 +173,7 @@ class Recognizer:
         self.gallery, self.labels, self.index = gallery, labels, index
         self.classifier, self.calibration, self.config = classifier, calibration, config
         self.global_index, self.chance = global_index, chance
-        self.memo = memo if memo is not None else VerificationMemo()
+        self.memo = memo
         self.non_landmarks = non_landmarks
         self.names = calibration.names if calibration is not None else FEATURES[config.mode]
         self._by_label: dict[str, list[str]] = {}
