@@ -255,3 +255,23 @@ def test_untrusted_classifier_and_calibration_are_warned_about(sample_dataset, p
     assert "training images for 4 classes (< 5 per class)" in result.output
     assert "its proposals may lower GAP" in result.output
     assert "too few to trust" in result.output
+
+
+def test_search_settings_reach_the_verification(sample_dataset, pipeline, tmp_path):
+    """classify's --ransac, --threshold, --k and --max-distance are the verification's: they are
+    recorded with the run, and a homography verifies with other inlier counts than affine."""
+    root, data = pipeline, sample_dataset.root
+    common = [root / "gallery", data / "train.csv", root / "queries", "--mode", "retrieval",
+              "--index", root / "index"]
+    affine = json.loads(invoke("classify", *common, "--out", tmp_path / "a.csv", "--evidence",
+                               tmp_path / "a.jsonl"))
+    homography = json.loads(invoke("classify", *common, "--out", tmp_path / "h.csv", "--evidence",
+                                   tmp_path / "h.jsonl", "--ransac", "homography", "--threshold",
+                                   "0.02", "--k", "5", "--max-distance", "0.9"))
+    assert (affine["scoring"]["ransac"], affine["scoring"]["relative_threshold"]) == ("affine", 0.01)
+    assert (homography["scoring"]["ransac"], homography["scoring"]["relative_threshold"]) == (
+        "homography", 0.02)
+
+    def inliers(path):
+        return [c["inliers"] for line in map(json.loads, open(path)) for c in line["candidates"]]
+    assert inliers(tmp_path / "a.jsonl") != inliers(tmp_path / "h.jsonl")
