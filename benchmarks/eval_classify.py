@@ -95,7 +95,9 @@ ROW_GROUPS = ("scoring", "recipe", "rank")
 def default_models(quick: bool) -> str:
     if quick:
         return "rootsift"
-    return "delf-hybrid" + ("" if learned_unavailable() else ",xfeat@1024")
+    # delf-hybrid as shipped (PCA-40) and in its best measured form (208-d at 1024 px,
+    # docs/MODELS.md "Which recipe"): the no-torch choices side by side
+    return "delf-hybrid,delf-hybrid@1024/0" + ("" if learned_unavailable() else ",xfeat@1024")
 
 
 def score(submission: Path, photos: Sequence[Photo]) -> dict[str, Any]:
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--models", default=None,
-                        help="comma-separated name[@long_side][:matcher] (default: delf-hybrid "
-                             "and, with the torch extra, xfeat@1024)")
+                        help="comma-separated name[@long_side][:matcher] (default: delf-hybrid, "
+                             "delf-hybrid@1024/0 and, with the torch extra, xfeat@1024)")
     parser.add_argument("--rows", default="scoring",
                         help=f"row groups, comma-separated: {', '.join(ROW_GROUPS)} (scoring: "
                              f"the ways of scoring and rejecting; recipe: verification settings "

@@ -147,6 +147,17 @@ def _recognition_cli(d: dict) -> Headline:
             if name.startswith(("before", "+ non-landmark penalty", "penalty + chance, --min"))]
 
 
+def _hybrid_recipe(d: dict) -> Headline:
+    def spread(r: dict, key: str) -> str:
+        low, high = r[key + "_range"]
+        return f"{r[key]:.3f}" + (f" ({low:.3f}-{high:.3f})" if len(r["orders"]) > 1 else "")
+    return [(f"{r['max_side']} px, SIFT {r['sift']}: {r['recipe']}",
+             f"LOO GAP {spread(r, 'loo_gap')}"
+             + (f", held-out GAP {spread(r, 'held_out_gap')}" if "held_out_gap" in r else "")
+             + f"; {r['verification_ms_per_pair']:.1f} ms/pair")
+            for r in d["rows"] if r["matcher"] == "mnn" and r["ransac_trials"] >= 10_000]
+
+
 def _global(d: dict) -> Headline:
     out = []
     for ds in d["datasets"]:
@@ -165,7 +176,8 @@ HEADLINES: dict[str, Callable[[dict], Headline]] = {
     "ray": _ray, "verify": _verify, "index": _index, "classify": _classify,
     "local_features": _local_features, "local_features_trained": _local_features,
     "local_features_sample": _local_features, "retrieval": _retrieval,
-    "recognition": _recognition, "recognition_cli": _recognition_cli, "global": _global}
+    "recognition": _recognition, "recognition_cli": _recognition_cli,
+    "hybrid_recipe": _hybrid_recipe, "global": _global}
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +336,8 @@ PLOTS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "recognition_cli": lambda d, out: _plot_gap(_recognition_cli(d), "recognition_cli",
                                                 "delfx classify, before and now (real photos)",
                                                 out),
+    "hybrid_recipe": lambda d, out: _plot_gap(_hybrid_recipe(d), "hybrid_recipe",
+                                              "delf-hybrid recipes, LOO GAP (real photos)", out),
     "global": lambda d, out: _plot_gap([h for h in _global(d) if h[0].startswith("landmarks-dev")],
                                        "global", "Global vs local systems, GAP (real photos)", out),
 }

@@ -202,11 +202,21 @@ class HybridModel(FeatureModel):
                 "cnn_scales": list(self.sampler.scales), "cnn_dim": CNN_DIM,
                 "cnn_weight": CNN_WEIGHT}
 
+    def parts(self, image: np.ndarray, precise_upscale: bool | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+        """(locations, RootSIFT (N, 128), raw VGG16 samples (N, 512) per CNN scale, sizes,
+        responses) of an image already resized (what `_extract` combines; benchmarks ablate
+        the combination, and SIFT's upscaling, from these)."""
+        locations, rootsift, sizes, responses = detect_rootsift(image, self.config.max_features,
+                                                                precise_upscale)
+        raw = self.sampler(image, locations) if len(locations) else []
+        return locations, rootsift, raw, sizes, responses
+
     def _extract(self, image: np.ndarray):
-        locations, rootsift, sizes, responses = detect_rootsift(image, self.config.max_features)
+        locations, rootsift, raw, sizes, responses = self.parts(image)
         if not len(locations):
             return (locations, np.zeros((0, self.descriptor_dim), np.float32), sizes, responses)
-        cnn = [self.cnn_pca.apply(part) for part in self.sampler(image, locations)]
+        cnn = [self.cnn_pca.apply(part) for part in raw]
         descriptors = combine(rootsift, cnn)
         if self.pca is not None:
             descriptors = self.pca.apply(descriptors)

@@ -10,7 +10,9 @@ Pixel convention: SIFT runs with `enable_precise_upscale=True`. With OpenCV's de
 the 2x upsampled first octave shifts every keypoint by +0.25 px in x and y (measured: flipping
 an image moves its keypoints by 0.5 px instead of 0; a blob centred at (100, 120) is found at
 (100.24, 120.24)). With precise upscaling, `kp.pt` has pixel centres at integer coordinates,
-the convention of `ImageFeatures` and of `to_original_pixels`.
+the convention of `ImageFeatures` and of `to_original_pixels`. (`detect_rootsift` can run the
+default upscaling for comparison, corrected by UPSCALE_OFFSET_PX; on landmarks-dev neither finds
+better keypoints consistently: docs/MODELS.md, "Which recipe".)
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ SIFT_DIM = 128
 # `output_config` so that changing any of them changes the model hash.
 SIFT_PARAMS: dict[str, Any] = {"n_octave_layers": 3, "contrast_threshold": 0.04,
                                "edge_threshold": 10.0, "sigma": 1.6, "precise_upscale": True}
+# OpenCV's default (imprecise) 2x upscaling of the first octave places every keypoint, in every
+# octave, this far right of and below where it is (measured on Gaussian blobs: +0.22-0.32 px;
+# a flipped image's keypoints move by 0.50 px instead of 0); subtracted when it is used.
+UPSCALE_OFFSET_PX = 0.25
 # The config fields that change RootSIFT output; DELF-only ones (scales, score_threshold,
 # precision, batch_size) must not change its hash.
 OUTPUT_FIELDS = ("image_size", "max_side", "max_features", "descriptor_dim", "descriptor_dtype",
@@ -117,18 +123,21 @@ class RootSIFT(FeatureModel):
         return locations, descriptors, sizes, responses
 
 
-def sift_detector(max_features: int):
-    """OpenCV's SIFT with delfx's settings (SIFT_PARAMS), at most `max_features` keypoints."""
+def sift_detector(max_features: int, precise_upscale: bool | None = None):
+    """OpenCV's SIFT with delfx's settings (SIFT_PARAMS), at most `max_features` keypoints;
+    `precise_upscale` overrides SIFT_PARAMS' (benchmarks compare the two)."""
     import cv2
+    if precise_upscale is None:
+        precise_upscale = SIFT_PARAMS["precise_upscale"]
     return cv2.SIFT_create(nfeatures=max_features,
                            nOctaveLayers=SIFT_PARAMS["n_octave_layers"],
                            contrastThreshold=SIFT_PARAMS["contrast_threshold"],
                            edgeThreshold=SIFT_PARAMS["edge_threshold"],
                            sigma=SIFT_PARAMS["sigma"],
-                           enable_precise_upscale=SIFT_PARAMS["precise_upscale"])
+                           enable_precise_upscale=bool(precise_upscale))
 
 
-def detect_rootsift(image: np.ndarray, max_features: int
+def detect_rootsift(image: np.ndarray, max_features: int, precise_upscale: bool | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The `max_features` strongest SIFT keypoints of an image, strongest first, with RootSIFT.
 
@@ -138,6 +147,7 @@ def detect_rootsift(image: np.ndarray, max_features: int
     Args:
         image: uint8 RGB (H, W, 3), RGBA or grey.
         max_features: keep at most this many keypoints.
+        precise_upscale: OpenCV's precise first-octave upscaling (default SIFT_PARAMS').
 
     Returns:
         locations (N, 2) (y, x) in image pixels, RootSIFT (N, 128) float32 of unit L2 norm,
@@ -148,11 +158,16 @@ def detect_rootsift(image: np.ndarray, max_features: int
              np.zeros((0,), np.float32), np.zeros((0,), np.float32))
     if gray.size == 0:
         return empty
-    keypoints, descriptors = sift_detector(max_features).detectAndCompute(gray, None)
+    if precise_upscale is None:
+        precise_upscale = SIFT_PARAMS["precise_upscale"]
+    keypoints, descriptors = sift_detector(max_features, precise_upscale).detectAndCompute(gray,
+                                                                                           None)
     if not keypoints or descriptors is None:
         return empty
     x, y, size, angle, response = np.array(
         [(k.pt[0], k.pt[1], k.size, k.angle, k.response) for k in keypoints], np.float64).T
+    if not precise_upscale:
+        x, y = x - UPSCALE_OFFSET_PX, y - UPSCALE_OFFSET_PX
     # OpenCV's own nfeatures cut keeps every keypoint tied with the last one (and SIFT emits
     # one keypoint per dominant orientation, all with the same response), so it can return
     # more than asked; its order also depends on threading. A full sort key makes both the
