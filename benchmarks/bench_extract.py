@@ -1,8 +1,11 @@
 """Extraction cost per preset and model, in-process, side by side in one run.
 
 Reports seconds per 100 images (decode + extract; the reference is 5-10 s per 100 images for
-DELF at 128 px), the share of time in the backbone, the speed-up of batched seed128 over calling
-the exported official signature one image at a time, and bf16 against fp32.
+DELF at 128 px), the share of time in the network (the pipeline's cost over its raw network
+time is 1 / that share), the speed-up of batched seed128 over calling the exported official
+signature one image at a time, and bf16 and int8 (LiteRT) against fp32. DELF's own
+architecture (ResNet50 to conv4_block6_out) runs with RANDOM weights, saved to a temporary
+.weights.h5: its speed does not depend on the weights, its features here mean nothing.
 
     python -m benchmarks.bench_extract                 # report figures (median of 3 runs)
     python -m benchmarks.bench_extract --quick         # CI: a few images per row
@@ -23,9 +26,17 @@ from delfx.inputs import list_images
 
 # (model, preset, overrides, images in the full run); the delf preset on VGG16 costs seconds
 # per image on 2 cores, so it gets fewer images.
+RESNET50_RANDOM = "<random ResNet50 weights>"  # replaced by a temporary weights file
 ROWS = [
+    ("delf-resnet50", "seed128", {"model_path": RESNET50_RANDOM}, 100),
+    ("delf-resnet50", "seed128", {"model_path": RESNET50_RANDOM, "precision": "bfloat16"}, 100),
+    ("delf-resnet50", "seed128", {"model_path": RESNET50_RANDOM, "precision": "int8"}, 100),
+    ("delf-resnet50", "delf", {"model_path": RESNET50_RANDOM}, 10),
+    ("delf-resnet50", "delf", {"model_path": RESNET50_RANDOM, "precision": "bfloat16"}, 10),
+    ("delf-resnet50", "delf", {"model_path": RESNET50_RANDOM, "precision": "int8"}, 10),
     ("delf-vgg16", "seed128", {}, 100),
     ("delf-vgg16", "seed128", {"precision": "bfloat16"}, 100),
+    ("delf-vgg16", "seed128", {"precision": "int8"}, 100),
     ("delf-vgg16", "fast", {}, 30),
     ("delf-vgg16", "delf", {}, 10),
     ("rootsift", "seed128", {}, 100),
@@ -34,7 +45,9 @@ ROWS = [
     # SIFT keypoints + VGG16 block4 at two scales of the working image
     ("delf-hybrid", "seed128", {}, 50),
     ("delf-hybrid", "fast", {}, 50),
+    ("delf-hybrid", "fast", {"precision": "int8"}, 50),
     ("delf-hybrid", "delf", {}, 30),
+    ("delf-hybrid", "delf", {"precision": "int8"}, 30),
 ]
 # The learned models (the torch extra): only when it is installed (the report says when not).
 LEARNED_ROWS = [
@@ -77,19 +90,40 @@ def _warm(model, items) -> None:
         model.backbone_seconds = 0.0
 
 
+def random_resnet50_weights(workdir: Path) -> str:
+    """A .weights.h5 of Keras ResNet50(include_top=False) with seeded random weights."""
+    import keras
+    keras.utils.set_random_seed(0)
+    path = workdir / "resnet50-random.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None).save_weights(path)
+    return str(path)
+
+
 def run(items, quick: bool, workdir: Path, repeats: int = 1) -> dict:
     from delfx.extractor.export import export_model
     from delfx.extractor.hub import HubModel
     from delfx.extractor.models import create_model
     rows = []
     skipped = learned_unavailable()
+    resnet50 = random_resnet50_weights(workdir)
     for model_name, preset, overrides, full_n in ROWS + ([] if skipped else LEARNED_ROWS):
         n = min(len(items), max(2, full_n // 16) if quick else full_n)
-        config = PRESETS[preset].replace(model=model_name, **overrides)
+        changes = {k: (resnet50 if v == RESNET50_RANDOM else v) for k, v in overrides.items()}
+        if model_name == "delf-resnet50":
+            changes["descriptor_dim"] = 0  # no PCA fitted on random features
+        config = PRESETS[preset].replace(model=model_name, **changes)
+        start = time.perf_counter()
         model = create_model(config)
+        build_s = time.perf_counter() - start  # weights, and the int8 conversion + probe
         _warm(model, items)
         result = _repeated_rate(model, items[:n], repeats)
-        rows.append({"model": model_name, "preset": preset, "overrides": overrides, **result})
+        int8 = getattr(model, "_int8", None) or getattr(getattr(model, "sampler", None),
+                                                       "_int8", None)
+        rows.append({"model": model_name, "preset": preset,
+                     "overrides": {k: ("random" if k == "model_path" else v)
+                                   for k, v in overrides.items()},
+                     "build_s": build_s, **result,
+                     "int8_fidelity": int8.fidelity if int8 is not None else None})
     # Batched seed128 against the exported official signature called one image at a time.
     n = min(len(items), 8 if quick else 50)
     config = PRESETS["seed128"].replace(model="delf-vgg16")
@@ -133,7 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
     table = [("images", source)]
     for row in result["rows"]:
         label = f"{row['model']} {row['preset']}" + "".join(f" {k}={v}" for k, v in row["overrides"].items())
-        share = f", backbone {100 * row['backbone_share']:.0f}%" if row["backbone_share"] is not None else ""
+        share = (f", network {100 * row['backbone_share']:.0f}% (pipeline "
+                 f"x{1 / row['backbone_share']:.2f} its network time)"
+                 if row["backbone_share"] else "")
+        if row.get("int8_fidelity"):
+            share += f", int8 cosine {row['int8_fidelity']['median_cosine_kept_cells']:.4f}"
+        if row["model"] == "delf-resnet50":
+            share += ", random weights (speed only)"
         table.append((label, f"{row['s_per_100']:.1f} s/100 images [{row['s_per_100_min']:.1f}-"
                              f"{row['s_per_100_max']:.1f} over {row['repeats']} runs] "
                              f"({row['images']} images, {row['features_per_image']:.0f} "

@@ -24,11 +24,16 @@ import numpy as np
 
 from benchmarks.common import emit, run_measured
 
-# (model, preset, image counts of the full run)
-FULL = [("rootsift", "seed128", [50, 100, 200, 400]),
-        ("delf-hybrid", "seed128", [50, 100, 200, 400]),
-        ("delf-vgg16", "seed128", [25, 50, 100, 200])]
-QUICK = [("rootsift", "seed128", [16, 32, 64])]
+# (model, preset, image counts of the full run, precision). delf-resnet50 is DELF's own
+# architecture with RANDOM weights (a temporary file; speed does not depend on the weights):
+# its marginal cost is the issue's end-to-end figure, start-up reported apart.
+FULL = [("rootsift", "seed128", [50, 100, 200, 400], "float32"),
+        ("delf-hybrid", "seed128", [50, 100, 200, 400], "float32"),
+        ("delf-vgg16", "seed128", [25, 50, 100, 200], "float32"),
+        ("delf-resnet50", "seed128", [56, 112, 224], "float32"),
+        ("delf-resnet50", "seed128", [56, 112, 224], "bfloat16"),
+        ("delf-resnet50", "seed128", [56, 112, 224], "int8")]
+QUICK = [("rootsift", "seed128", [16, 32, 64], "float32")]
 
 
 def image_folder(source: list[Path], count: int, folder: Path) -> Path:
@@ -40,10 +45,12 @@ def image_folder(source: list[Path], count: int, folder: Path) -> Path:
     return folder
 
 
-def run_point(images: Path, out: Path, model: str, preset: str) -> dict[str, Any]:
+def run_point(images: Path, out: Path, model: str, preset: str, precision: str = "float32",
+              extra: list[str] | None = None) -> dict[str, Any]:
     """One fresh extraction process: wall time, peak RSS and the images it extracted."""
     cmd = [sys.executable, "-m", "delfx", "-q", "extract", str(images), str(out), "--no-ray",
-           "--shards", "2", "--model", model, "--preset", preset, "--json"]
+           "--shards", "2", "--model", model, "--preset", preset, "--precision", precision,
+           "--json", *(extra or [])]
     summary_file, log_file = out.with_suffix(".json"), out.with_suffix(".log")
     with open(summary_file, "wb") as stdout, open(log_file, "wb") as stderr:
         measured = run_measured(cmd, stdout=stdout, stderr=stderr)
@@ -71,19 +78,26 @@ def run(rows, workdir: Path) -> list[dict[str, Any]]:
                              long_side=640)
     source = sorted(p for p in (data.root / "images").rglob("*") if p.is_file())
     results = []
-    for model, preset, counts in rows:
+    extra: list[str] = []
+    if any(model == "delf-resnet50" for model, *_ in rows):
+        from benchmarks.bench_extract import random_resnet50_weights
+        extra = ["--model-path", random_resnet50_weights(workdir), "--descriptor-dim", "0"]
+    for model, preset, counts, precision in rows:
         points = []
         for n in counts:
-            folder = image_folder(source, n, workdir / f"in-{model}-{n}")
-            point = run_point(folder, workdir / f"out-{model}-{n}", model, preset)
+            tag = f"{model}-{precision}-{n}"
+            folder = image_folder(source, n, workdir / f"in-{tag}")
+            point = run_point(folder, workdir / f"out-{tag}", model, preset, precision,
+                              extra if model == "delf-resnet50" else None)
             points.append({"images": n, **point})
-            print(f"[scaling] {model} {preset} {n} images: {point['wall_s']:.1f} s, "
+            print(f"[scaling] {model} {preset} {precision} {n} images: {point['wall_s']:.1f} s, "
                   f"peak {point['peak_rss_bytes'] / 2**20:.0f} MiB", file=sys.stderr, flush=True)
         counts_f = [p["images"] for p in points]
         time_fit = linear_fit(counts_f, [p["wall_s"] for p in points])
         rss_fit = linear_fit(counts_f, [p["peak_rss_bytes"] for p in points])
         rss = [p["peak_rss_bytes"] for p in points]
-        results.append({"model": model, "preset": preset, "points": points,
+        results.append({"model": model, "preset": preset, "precision": precision,
+                        "random_weights": model == "delf-resnet50", "points": points,
                         "time_fit": time_fit, "s_per_100_marginal": 100 * time_fit["slope"],
                         "startup_s": time_fit["intercept"],
                         "rss_fit": rss_fit, "rss_growth_bytes_per_image": rss_fit["slope"],
@@ -94,7 +108,9 @@ def run(rows, workdir: Path) -> list[dict[str, Any]]:
 def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
     rows = []
     for r in results:
-        label = f"{r['model']} {r['preset']}"
+        label = f"{r['model']} {r['preset']}" + (
+            f" {r['precision']}" if r.get("precision", "float32") != "float32" else "") + (
+            " (random weights)" if r.get("random_weights") else "")
         pts = ", ".join(f"{p['images']}: {p['wall_s']:.1f} s" for p in r["points"])
         rows.append((f"{label} time", pts))
         rows.append((f"{label} fit", f"{r['startup_s']:.1f} s start-up + "

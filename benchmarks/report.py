@@ -46,20 +46,30 @@ def _extract(d: dict) -> Headline:
     root = rows[("rootsift", "seed128", ())]
     hybrid = rows.get(("delf-hybrid", "seed128", ()))
     b = d["batched_vs_signature"]
-    return [("extraction at seed128 (reference 5-10 s/100 images)",
-             f"delf-vgg16 {seed['s_per_100']:.1f} s/100 images (bf16 {bf16['s_per_100']:.1f}); "
-             + (f"delf-hybrid {hybrid['s_per_100']:.1f}; " if hybrid else "")
-             + f"rootsift {root['s_per_100']:.1f}"),
-            ("extraction: batched delfx vs official signature one image at a time",
-             f"batched {_faster(b['speedup'])}")]
+    out = [("extraction at seed128 (reference 5-10 s/100 images)",
+            f"delf-vgg16 {seed['s_per_100']:.1f} s/100 images (bf16 {bf16['s_per_100']:.1f}); "
+            + (f"delf-hybrid {hybrid['s_per_100']:.1f}; " if hybrid else "")
+            + f"rootsift {root['s_per_100']:.1f}"),
+           ("extraction: batched delfx vs official signature one image at a time",
+            f"batched {_faster(b['speedup'])}")]
+    # DELF's own architecture (random weights) per precision, since delfx 0.4
+    resnet = {dict(r["overrides"]).get("precision", "float32"): r for r in d["rows"]
+              if r["model"] == "delf-resnet50" and r["preset"] == "seed128"}
+    if resnet:
+        out.insert(1, ("DELF's ResNet50 at seed128 (random weights, speed only)", "; ".join(
+            f"{p} {r['s_per_100']:.1f} s/100 images" for p, r in resnet.items())))
+    return out
 
 
 def _scaling(d: dict) -> Headline:
     out = []
     for m in d["models"]:
-        out.append((f"scaling, {m['model']} {m['preset']}: time linear in images, memory flat",
-                    f"R^2 {m['time_fit']['r2']:.3f}, {m['s_per_100_marginal']:.1f} s/100 marginal; "
-                    f"peak RSS max/min {m['rss_max_over_min']:.2f}"))
+        precision = m.get("precision", "float32")
+        name = f"{m['model']} {m['preset']}" + (f" {precision}" if precision != "float32" else "")
+        out.append((f"scaling, {name}: time linear in images, memory flat",
+                    f"R^2 {m['time_fit']['r2']:.3f}, {m['s_per_100_marginal']:.1f} s/100 marginal "
+                    f"+ {m['startup_s']:.1f} s start-up; peak RSS max/min "
+                    f"{m['rss_max_over_min']:.2f}"))
     return out
 
 
@@ -229,7 +239,8 @@ def _plot_scaling(d: dict, out: Path) -> list[Path]:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for m in d["models"]:
         n = [p["images"] for p in m["points"]]
-        label = f"{m['model']} {m['preset']}"
+        precision = m.get("precision", "float32")
+        label = f"{m['model']} {m['preset']}" + (f" {precision}" if precision != "float32" else "")
         left.plot(n, [p["wall_s"] for p in m["points"]], "o", label=label)
         fit = m["time_fit"]
         left.plot(n, [fit["intercept"] + fit["slope"] * x for x in n], "--", color="grey")

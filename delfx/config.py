@@ -30,6 +30,9 @@ MATCHERS = ("auto", "mnn", "lightglue")  # auto: lightglue where the features ha
 GLOBAL_MODEL_NAMES = ("gem-vgg16", "gem-resnet50", "concat")
 TRAIN_MODEL_NAMES = ("delf-bottleneck",) + GLOBAL_MODEL_NAMES
 CLASSIFIER_HEADS = ("pool", "flatten")
+PRECISIONS = ("float32", "bfloat16", "int8")
+# the models whose network int8 can run (LiteRT; the others have none, or not a TF one)
+INT8_MODELS = ("delf-vgg16", "delf-resnet50", "delf-hybrid")
 CLASSIFY_MODES = ("fused", "classifier", "retrieval", "shortlist")
 # The key under which the recorded config (manifest, shards) keeps the model's own view of it.
 MODEL_OUTPUT_KEY = "model_output_config"
@@ -64,7 +67,9 @@ class ExtractConfig:
         batch_size: images per forward pass (only when all images share one size: image_size).
         max_pixels: decompression-bomb guard, in pixels of the decoded image.
         min_side: images whose short side is smaller are recorded as too small.
-        precision: `float32` or `bfloat16` (mixed precision; faster on CPUs with AVX-512 BF16).
+        precision: `float32`, `bfloat16` (mixed precision; faster on CPUs with AVX-512 BF16) or
+            `int8` (the built-in networks through LiteRT with int8 weights, checked against
+            float32 before use: delfx/extractor/lite.py).
     """
 
     model: str = "auto"
@@ -95,8 +100,9 @@ class ExtractConfig:
             raise DelfxError(f"max_features must be >= 1, got {self.max_features}")
         if self.descriptor_dtype not in ("float16", "float32"):
             raise DelfxError(f"descriptor_dtype must be float16 or float32, got {self.descriptor_dtype}")
-        if self.precision not in ("float32", "bfloat16"):
-            raise DelfxError(f"precision must be float32 or bfloat16, got {self.precision}")
+        if self.precision not in PRECISIONS:
+            raise DelfxError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision}")
         if self.batch_size < 1:
             raise DelfxError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_size > 1 and self.image_size is None:

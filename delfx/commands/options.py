@@ -34,7 +34,7 @@ def extract_config_options(func):
         click.option("--descriptor-dim", type=int, default=None, help="0 keeps raw descriptors."),
         click.option("--descriptor-dtype", type=click.Choice(["float16", "float32"]), default=None),
         click.option("--batch-size", type=int, default=None),
-        click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None),
+        click.option("--precision", type=click.Choice(["float32", "bfloat16", "int8"]), default=None),
     ]
     for option in reversed(options):
         func = option(func)

@@ -39,7 +39,13 @@ class DelfModel(FeatureModel):
         from delfx.extractor.delf_net import DelfNetwork
         from delfx.tf_quiet import import_tensorflow
         self._tf = import_tensorflow()
-        self.network = DelfNetwork(backbone, weights, attention_weights, config.precision)
+        int8 = config.precision == "int8"
+        self.network = DelfNetwork(backbone, weights, attention_weights,
+                                   "float32" if int8 else config.precision)
+        self._int8 = None
+        if int8:  # LiteRT, converted from the fp32 network and checked against it (lite.py)
+            from delfx.extractor.lite import Int8Network
+            self._int8 = Int8Network(self.network)
         self.backbone = backbone
         self.pca = pca
         if not config.descriptor_dim and pca is not None:
@@ -59,6 +65,11 @@ class DelfModel(FeatureModel):
         tf = self._tf
         self._forward = tf.function(
             self._forward_impl, reduce_retracing=True,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                             tf.TensorSpec([2], tf.int32)])
+        self._resize = tf.function(
+            lambda images01, size: tf.image.resize(images01, size, method="bilinear"),
+            reduce_retracing=True,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
                              tf.TensorSpec([2], tf.int32)])
         self.backbone_seconds = 0.0  # time spent in the network, for the benchmark
@@ -126,8 +137,12 @@ class DelfModel(FeatureModel):
             if min(h, w) < self.min_level_side:
                 continue
             start = time.perf_counter()
-            features, scores = self._forward(x, tf.constant([h, w], tf.int32))
-            features, scores = features.numpy(), scores.numpy()
+            size = tf.constant([h, w], tf.int32)
+            if self._int8 is not None:
+                features, scores = self._int8(self._resize(x, size).numpy())
+            else:
+                features, scores = self._forward(x, size)
+                features, scores = features.numpy(), scores.numpy()
             self.backbone_seconds += time.perf_counter() - start
             for k in range(len(batch)):
                 per_image[k].append(LevelOutput(scale, h, w, features[k], scores[k]))

@@ -105,7 +105,12 @@ class CnnSampler:
         tf = import_tensorflow()
         self._tf = tf
         self.scales = tuple(scales)
-        self.network = DelfNetwork("vgg16", weights, None, precision)
+        int8 = precision == "int8"
+        self.network = DelfNetwork("vgg16", weights, None, "float32" if int8 else precision)
+        self._int8 = None
+        if int8:  # LiteRT, converted from the fp32 network and checked against it (lite.py)
+            from delfx.extractor.lite import Int8Network
+            self._int8 = Int8Network(self.network)
         self.rf = self.network.receptive_field
         # One trace for every image size: all dimensions are None.
         self._forward = tf.function(
@@ -134,7 +139,11 @@ class CnnSampler:
             # (only tiny images get there; the descriptor keeps its layout).
             if min(h, w) < 2 * self.rf.stride:
                 h, w = height, width
-            features = self._forward(x, tf.constant([h, w], tf.int32)).numpy()[0]
+            if self._int8 is not None:
+                resized = tf.image.resize(x, tf.constant([h, w], tf.int32), method="bilinear")
+                features = self._int8(resized.numpy())[0][0]
+            else:
+                features = self._forward(x, tf.constant([h, w], tf.int32)).numpy()[0]
             level = np.stack([(locations[:, 0] + 0.5) * h / height - 0.5,
                               (locations[:, 1] + 0.5) * w / width - 0.5], axis=1)
             out.append(sample_cells(features, level, self.rf))

@@ -23,7 +23,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from delfx.config import LEARNED_MODEL_NAMES, MODEL_NAMES, ExtractConfig
+from delfx.config import INT8_MODELS, LEARNED_MODEL_NAMES, MODEL_NAMES, ExtractConfig
 from delfx.errors import DelfxError
 from delfx.extractor.base import FeatureModel
 
@@ -114,6 +114,9 @@ def resolve_model(config: ExtractConfig, allowed: tuple[str, ...] = MODEL_NAMES,
         config = config.replace(model=name)
     if config.model not in allowed:
         raise DelfxError(f"{takes} ({', '.join(allowed)}), not {config.model}")
+    if config.precision == "int8" and config.model not in INT8_MODELS:
+        raise DelfxError(f"--precision int8 runs the built-in networks ({', '.join(INT8_MODELS)}) "
+                         f"through LiteRT; {config.model} has none: use --precision float32")
     if config.model in LEARNED_MODEL_NAMES:
         # Before any output exists: a missing extra is one line and leaves nothing behind.
         from delfx.extractor.learned import check_installed
