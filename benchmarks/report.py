@@ -86,6 +86,13 @@ def _ray(d: dict) -> Headline:
     r = d["ratios"]
     out = [("Ray job vs the same job in-process (Ray start-up excluded)",
             f"Ray {_faster(1 / r['ray_over_in_process'])}")]
+    if "ray_over_in_process_after_startup" in r:  # since delfx 0.4
+        ray = d["ray"]
+        out.append((f"Ray vs in-process after all start-up ({d['images']} images)",
+                    f"ratio {r['ray_over_in_process_after_startup']:.3f} (Ray "
+                    f"{ray['s_per_100_after_startup']:.1f} s/100 images); start-up Ray "
+                    f"{ray['start_s']:.1f} s + workers {ray['workers_start_s']:.1f} s; driver "
+                    f"writing {100 * ray['writer_share']:.2f}% of the run"))
     if r.get("naive_over_ray") is not None:
         out.append(("Ray job vs naive per-image loop (signature call, one .npz per image)",
                     f"Ray {_faster(r['naive_over_ray'])}"))

@@ -87,7 +87,10 @@ STAGES: tuple[Stage, ...] = (
                 "tensor, which is what costs fidelity; dynamic-range int8 keeps float activations."),
     Stage("ray", "bench_ray", "The Ray job",
           "The real `delfx extract` job on a local Ray instance against the same job in-process "
-          "and against a naive loop (per image: decode, signature call, one .npz).",
+          "and against a naive loop (per image: decode, signature call, one .npz): 1,000 images "
+          "(the sample photos under distinct names), start-up timed apart, and the driver's own "
+          "writing as a share of the run.",
+          full=("--count", "1000", "--precision", "bfloat16", "--naive-images", "110"),
           notes="Ray's overhead is mostly each worker loading TensorFlow and the model (seconds "
                 "per worker); it amortises over real datasets and buys retries, resumable shards "
                 "and multi-node runs. On 2 cores per-level batching gains little over the naive "

@@ -160,8 +160,9 @@ def _format_extract_summary(s) -> str:
     if s.ok:
         lines.append(f"features      {s.features / s.ok:.0f} per ok image")
     if s.seconds_per_100 is not None:
-        lines.append(f"time          {s.seconds:.1f} s ({s.seconds_per_100:.2f} s per 100 images, "
-                     f"{s.executor})")
+        lines.append(f"time          {s.seconds:.1f} s ({s.executor}): {s.startup_seconds:.1f} s "
+                     f"start-up, then {s.seconds_per_100_after_startup:.2f} s per 100 images; "
+                     f"writing {100 * s.writer_seconds / max(s.seconds, 1e-9):.1f}% of the run")
     lines.append(f"size          {s.output_bytes / 1e6:.1f} MB")
     for index, error in sorted(s.shards_failed.items()):
         lines.append(f"FAILED shard {index}: {error}")

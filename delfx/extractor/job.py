@@ -61,16 +61,30 @@ class Summary:
     shards_failed: dict[int, str] = field(default_factory=dict)
     workers_replaced: int = 0
     seconds: float = 0.0
+    # of `seconds`: starting the executor and its workers (model loads) up to the first task,
+    # and the driver's own writing (HDF5 appends, close: fsync + sha256 + rename, manifest)
+    startup_seconds: float = 0.0
+    writer_seconds: float = 0.0
     output_bytes: int = 0
     shard_nodes: dict[int, str] = field(default_factory=dict)
 
     @property
     def seconds_per_100(self) -> float | None:
+        """Wall time per 100 processed images, start-up included."""
         return 100 * self.seconds / self.images_processed if self.images_processed else None
+
+    @property
+    def seconds_per_100_after_startup(self) -> float | None:
+        """The marginal cost: wall time after start-up per 100 processed images."""
+        if not self.images_processed:
+            return None
+        return 100 * max(self.seconds - self.startup_seconds, 0.0) / self.images_processed
 
     def to_json(self) -> dict[str, Any]:
         data = {**header(REPORT_FORMAT, 1), **dataclasses.asdict(self)}
         data["seconds_per_100_images"] = self.seconds_per_100
+        data["seconds_per_100_images_after_startup"] = self.seconds_per_100_after_startup
+        data["writer_share"] = self.writer_seconds / self.seconds if self.seconds else None
         data["features_per_ok_image"] = self.features / self.ok if self.ok else None
         data["versions"] = library_versions()
         return data
@@ -278,7 +292,8 @@ def run_extraction(items: list[ImageItem], config: ExtractConfig, out_dir: Path,
                      model["hash"][:12], len(complete), num_shards)
             summary = Summary(str(out_dir), {"id": model["id"], "hash": model["hash"]},
                               executor.name, images_total=len(items), shards_planned=num_shards,
-                              shards_skipped=len(complete))
+                              shards_skipped=len(complete),
+                              startup_seconds=time.monotonic() - start)
             pending = collections.deque(i for i in range(num_shards) if i not in complete)
             try:
                 _drive(executor, pool, plan, pending, manifest, out_dir, summary, config,
@@ -335,6 +350,7 @@ def _run(executor, plan, pending, manifest, out_dir, summary, config, descriptor
             index = pending.popleft()
             shard_items = plan[index]
             chunks = [shard_items[k:k + chunk_size] for k in range(0, len(shard_items), chunk_size)]
+            opened = time.perf_counter()
             writer = ShardWriter(out_dir / shard_file_name(index, manifest.num_shards),
                                  descriptor_dim=descriptor_dim,
                                  descriptor_dtype=config.descriptor_dtype,
@@ -342,6 +358,7 @@ def _run(executor, plan, pending, manifest, out_dir, summary, config, descriptor
                                  config=manifest.config, shard_index=index,
                                  num_shards=manifest.num_shards,
                                  global_model=manifest.global_model)
+            summary.writer_seconds += time.perf_counter() - opened
             try:
                 active[index] = _Shard(index, chunks, idle.pop(), writer)
             except BaseException:  # not yet in `active`, so nothing else would remove it
@@ -382,9 +399,11 @@ def _run(executor, plan, pending, manifest, out_dir, summary, config, descriptor
             shard.done[k] = records
             while shard.next_write in shard.done:
                 batch = shard.done.pop(shard.next_write)
+                writing = time.perf_counter()
                 for record in batch:
                     shard.writer.add(record, stamps.get(record.image_id, (-1, -1)))
                     shard.written.append(record.summary_row())
+                summary.writer_seconds += time.perf_counter() - writing
                 progress.update(len(batch), sum(1 for r in batch if not r.ok))
                 shard.next_write += 1
             if shard.next_write == len(shard.chunks):
@@ -403,8 +422,10 @@ def _count(summary: Summary, rows: list[tuple[bool, str, int]]) -> None:
 
 
 def _finish(shard: _Shard, manifest, out_dir, summary, executor, idle, active) -> None:
+    closing = time.perf_counter()
     info = shard.writer.close()
     manifest.record(out_dir, info)
+    summary.writer_seconds += time.perf_counter() - closing
     summary.shards_written += 1
     _count(summary, shard.written)
     try:

@@ -89,6 +89,17 @@ def test_end_to_end_local_default(images, tmp_path):
     assert len(ids) == len(set(ids)) == 24
     report = json.loads((out / "extract_report.json").read_text())
     assert report["versions"]["ray"] and report["seconds_per_100_images"] > 0
+    # start-up (Ray, workers, model loads) and the driver's writing are timed apart
+    assert 0 < report["startup_seconds"] < report["seconds"]
+    assert 0 < report["writer_seconds"] < report["seconds"] - report["startup_seconds"]
+    assert 0 < report["seconds_per_100_images_after_startup"] < report["seconds_per_100_images"]
+    from delfx.commands.extract import _format_extract_summary
+    from delfx.extractor.job import Summary
+    fields = {k: report[k] for k in ("executor", "images_processed", "ok", "seconds",
+                                     "startup_seconds", "writer_seconds")}
+    text = _format_extract_summary(Summary(str(out), report["model"], **fields))
+    assert (f"{report['startup_seconds']:.1f} s start-up, then "
+            f"{report['seconds_per_100_images_after_startup']:.2f} s per 100 images") in text
     again = _summary(_extract(images, out, "--shards", "3", "--max-side", "240"))
     assert again["shards_skipped"] == 3 and again["images_processed"] == 0
 
