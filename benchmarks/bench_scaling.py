@@ -80,8 +80,15 @@ def run(rows, workdir: Path) -> list[dict[str, Any]]:
     results = []
     extra: list[str] = []
     if any(model == "delf-resnet50" for model, *_ in rows):
-        from benchmarks.bench_extract import random_resnet50_weights
-        extra = ["--model-path", random_resnet50_weights(workdir), "--descriptor-dim", "0"]
+        # In a child process: building ResNet50 here would leave this process at ~0.9 GB, and
+        # a forked child's peak RSS starts from its parent's (Linux carries the pre-exec
+        # high-water mark into ru_maxrss), so every point after it would read >= 0.9 GB.
+        import subprocess
+        weights = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from benchmarks."
+             "bench_extract import random_resnet50_weights as f; print(f(Path(sys.argv[1])))",
+             str(workdir)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        extra = ["--model-path", weights, "--descriptor-dim", "0"]
     for model, preset, counts, precision in rows:
         points = []
         for n in counts:

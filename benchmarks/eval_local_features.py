@@ -116,6 +116,10 @@ def default_specs(max_side: int = MAX_SIDE, quick: bool = False) -> list[ModelSp
             max_side=big, max_features=2000), SIFT_THRESHOLD_PX * 2))
         specs.append(ModelSpec(f"delf-hybrid {big} pca40", hybrid_config(big).replace(
             max_features=2000), SIFT_THRESHOLD_PX * 2))
+        # --precision int8 (LiteRT) against the float32 row above: the same keypoints, so any
+        # change in GAP or planar error is the quantised CNN part's
+        specs.append(ModelSpec("delf-hybrid pca40 int8", hybrid_config(max_side).replace(
+            precision="int8"), SIFT_THRESHOLD_PX))
     specs += learned_specs(quick)
     specs.append(ModelSpec("delf-vgg16 random fast", fast, CELL_THRESHOLD_PX, random_weights=True,
                            pca_sample=(3, 1, 2, 320) if quick else (10, 2, 4, 512)))

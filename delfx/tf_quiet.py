@@ -10,6 +10,7 @@ hidden.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ import threading
 log = logging.getLogger(__name__)
 
 _verbosity = 0
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def set_verbosity(verbosity: int) -> None:
@@ -55,21 +56,48 @@ def import_tensorflow():
 
 
 def _import_with_stderr_captured() -> str:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            import tensorflow
-            # Device discovery (CUDA probing: "failed call to cuInit" on machines without a
-            # GPU) happens on first use, not at import: trigger it while fd 2 is captured.
-            tensorflow.config.list_physical_devices()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        sink.seek(0)
-        return sink.read().decode("utf-8", "replace")
+    caught: list[str] = []
+    with _fd2_captured(caught):
+        import tensorflow
+        # Device discovery (CUDA probing: "failed call to cuInit" on machines without a
+        # GPU) happens on first use, not at import: trigger it while fd 2 is captured.
+        tensorflow.config.list_physical_devices()
+    return caught[0]
+
+
+@contextlib.contextmanager
+def _fd2_captured(caught: list[str]):
+    """Point fd 2 at a temporary file for the block; its text is appended to `caught`."""
+    with _lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                caught.append(sink.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def native_output_quiet(what: str):
+    """A block whose C++ output on fd 2 (e.g. the LiteRT converter's and XNNPACK's lines) goes
+    to our logger at DEBUG instead of the user's terminal; with -vv nothing is hidden."""
+    if _verbosity >= 2:
+        yield
+        return
+    caught: list[str] = []
+    try:
+        with _fd2_captured(caught):
+            yield
+    finally:
+        for line in "".join(caught).splitlines():
+            if line.strip():
+                log.debug("%s: %s", what, line)
 
 
 def import_keras():

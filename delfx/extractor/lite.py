@@ -54,8 +54,10 @@ def convert_dynamic_int8(network) -> bytes:
                      input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
+    from delfx.tf_quiet import native_output_quiet
     try:
-        return converter.convert()
+        with native_output_quiet("litert converter"):
+            return converter.convert()
     except Exception as exc:  # the converter raises many types; one line for the user
         raise DelfxError(f"--precision int8: converting the {network.spec.name} network to "
                          f"LiteRT failed: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -84,11 +86,13 @@ class Int8Network:
     def _interpreter(self, shape: tuple[int, ...]):
         interpreter = self._interpreters.get(shape)
         if interpreter is None:
-            interpreter = self._interpreter_class(model_content=self._model,
-                                                  num_threads=self._threads)
-            index = interpreter.get_input_details()[0]["index"]
-            interpreter.resize_tensor_input(index, list(shape))
-            interpreter.allocate_tensors()
+            from delfx.tf_quiet import native_output_quiet
+            with native_output_quiet("litert"):  # "Created TensorFlow Lite XNNPACK delegate"
+                interpreter = self._interpreter_class(model_content=self._model,
+                                                      num_threads=self._threads)
+                index = interpreter.get_input_details()[0]["index"]
+                interpreter.resize_tensor_input(index, list(shape))
+                interpreter.allocate_tensors()
             self._interpreters[shape] = interpreter
             if len(self._interpreters) > MAX_INTERPRETERS:
                 self._interpreters.popitem(last=False)
