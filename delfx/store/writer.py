@@ -44,6 +44,18 @@ def ensure_space(directory: Path, nbytes: int) -> None:
                       str(directory))
 
 
+
+# Memory for the features a writer holds before appending them to the file (float32 in memory).
+BUFFER_BYTES = 32 << 20
+MAX_BUFFER_ROWS = 1 << 16
+
+
+def buffer_rows_for(descriptor_dim: int) -> int:
+    """Rows of `descriptor_dim`-d features that fit BUFFER_BYTES (4 float32 columns besides
+    the descriptor), at most MAX_BUFFER_ROWS, at least one HDF5 chunk's worth."""
+    row_bytes = 4 * (4 + max(int(descriptor_dim), 1))
+    return max(S.FEATURE_CHUNK_ROWS, min(MAX_BUFFER_ROWS, BUFFER_BYTES // row_bytes))
+
 class ShardWriter:
     """Writes one shard to a temporary name and renames it into place only when complete.
 
@@ -55,7 +67,7 @@ class ShardWriter:
 
     def __init__(self, path: Path, *, descriptor_dim: int, descriptor_dtype: str = "float32",
                  model_id: str, model_hash: str, config: dict[str, Any], shard_index: int = 0,
-                 num_shards: int = 1, buffer_rows: int = 1 << 16,
+                 num_shards: int = 1, buffer_rows: int | None = None,
                  global_model: dict[str, Any] | None = None):
         if descriptor_dtype not in S.DESCRIPTOR_DTYPES:
             raise StoreError(f"descriptor dtype must be one of {S.DESCRIPTOR_DTYPES}, "
@@ -69,7 +81,9 @@ class ShardWriter:
         self.global_dim = int(global_model["dim"]) if global_model else 0
         self._globals: list[np.ndarray] = []
         self.tmp_path = self.path.with_name(f"{self.path.name}{PARTIAL_MARKER}{os.getpid()}")
-        self._buffer_rows = buffer_rows
+        # Rows held before a flush: bounded in BYTES, so a wide descriptor (DELF's raw 1024-d)
+        # does not hold 65,536 rows (268 MB, twice that while concatenating) per open shard.
+        self._buffer_rows = buffer_rows or buffer_rows_for(self.descriptor_dim)
         self._ids: list[str] = []
         self._seen: set[str] = set()
         self._table: dict[str, list] = {name: [] for name in S.IMAGE_TABLE if name != S.IMAGE_ID}

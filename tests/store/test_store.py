@@ -248,3 +248,22 @@ def test_interrupted_opening_leaves_no_partial_file(tmp_path, monkeypatch, where
     with pytest.raises(KeyboardInterrupt):
         _writer(tmp_path / shard_file_name(0, 1))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_buffer_is_bounded_in_bytes_for_wide_descriptors(tmp_path):
+    """DELF's raw 1024-d descriptors: the writer flushes every ~32 MB, not every 65,536 rows
+    (which held 268 MB per open shard, and the peak RSS of an extraction grew with its images);
+    narrow descriptors keep the large buffer. What is written reads back whole."""
+    from delfx.store.writer import BUFFER_BYTES, MAX_BUFFER_ROWS, buffer_rows_for
+    assert buffer_rows_for(40) == MAX_BUFFER_ROWS
+    assert buffer_rows_for(1024) * 4 * (4 + 1024) <= BUFFER_BYTES
+    rng = np.random.default_rng(0)
+    path = tmp_path / "shard-00000-of-00001.h5"
+    with ShardWriter(path, descriptor_dim=1024, descriptor_dtype="float16", **MODEL) as writer:
+        most = 0
+        for i in range(40):
+            writer.add(synthetic_image(f"im{i}", rng, num_features=529, descriptor_dim=1024))
+            most = max(most, writer._pending_rows)
+    assert most <= buffer_rows_for(1024)  # flushed as it went, never the whole shard
+    reader = ShardReader(path)
+    assert len(reader) == 40 and reader.get("im39").descriptors.shape == (529, 1024)
