@@ -36,16 +36,11 @@ class DelfModel(FeatureModel):
                  score_threshold: float | None = None):
         super().__init__(config)
         self._fixed_threshold = score_threshold
-        from delfx.extractor.delf_net import DelfNetwork
         from delfx.tf_quiet import import_tensorflow
         self._tf = import_tensorflow()
-        int8 = config.precision == "int8"
-        self.network = DelfNetwork(backbone, weights, attention_weights,
-                                   "float32" if int8 else config.precision)
-        self._int8 = None
-        if int8:  # LiteRT, converted from the fp32 network and checked against it (lite.py)
-            from delfx.extractor.lite import Int8Network
-            self._int8 = Int8Network(self.network)
+        from delfx.extractor.lite import build_network
+        self.network, self._int8 = build_network(backbone, weights, attention_weights,
+                                                 config.precision)
         self.backbone = backbone
         self.pca = pca
         if not config.descriptor_dim and pca is not None:

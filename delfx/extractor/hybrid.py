@@ -100,17 +100,12 @@ class CnnSampler:
 
     def __init__(self, weights: str | None = "hed", precision: str = "float32",
                  scales: tuple[float, ...] = HYBRID_CNN_SCALES):
-        from delfx.extractor.delf_net import DelfNetwork
         from delfx.tf_quiet import import_tensorflow
         tf = import_tensorflow()
         self._tf = tf
         self.scales = tuple(scales)
-        int8 = precision == "int8"
-        self.network = DelfNetwork("vgg16", weights, None, "float32" if int8 else precision)
-        self._int8 = None
-        if int8:  # LiteRT, converted from the fp32 network and checked against it (lite.py)
-            from delfx.extractor.lite import Int8Network
-            self._int8 = Int8Network(self.network)
+        from delfx.extractor.lite import build_network
+        self.network, self._int8 = build_network("vgg16", weights, None, precision)
         self.rf = self.network.receptive_field
         # One trace for every image size: all dimensions are None.
         self._forward = tf.function(

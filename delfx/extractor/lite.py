@@ -140,3 +140,12 @@ class Int8Network:
         log.info("int8 %s via %s: median cosine %.4f to float32 on the probe", self.spec.name,
                  self.runtime, value)
         return fidelity
+
+
+def build_network(backbone: str, weights, attention_weights, precision: str):
+    """(DelfNetwork, Int8Network or None) for a precision: float32/bfloat16 run the Keras network
+    itself; int8 runs LiteRT converted from (and checked against) its float32 build."""
+    from delfx.extractor.delf_net import DelfNetwork
+    int8 = precision == "int8"
+    network = DelfNetwork(backbone, weights, attention_weights, "float32" if int8 else precision)
+    return network, (Int8Network(network) if int8 else None)
