@@ -85,6 +85,24 @@ def run_measured(cmd: list[str], **popen_kwargs: Any) -> dict[str, Any]:
             "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
+def rss_bytes() -> dict[str, int]:
+    """Current and peak resident memory of this process (Linux /proc; zeros elsewhere).
+
+    VmHWM belongs to the process's own address space, so unlike the ru_maxrss a parent reads
+    with wait4 it does not start at the parent's peak when the parent was large at fork time.
+    """
+    out = {"rss": 0, "peak_rss": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss"] = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                out["peak_rss"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

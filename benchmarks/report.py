@@ -120,6 +120,37 @@ def _index(d: dict) -> Headline:
     return out
 
 
+def _index_real(d: dict) -> Headline:
+    p, rows = d["params"], d["rows"]
+    flat = rows["Flat"]
+    out = [(f"real descriptors, {p['num_vectors']:,} vectors: exact (Flat)",
+            f"GAP {flat['gap']:.3f} through search, {flat['queries_per_s']:,.0f} queries/s")]
+    chosen = d.get("chosen") or {}
+    for name, r in rows.items():
+        if name == "Flat" or (r["nprobe"] not in (8, 16, 32) and name != chosen.get("row")):
+            continue
+        out.append((f"real descriptors: {name}" + (" (delfx's auto)" if name == chosen.get("row")
+                                                    else ""),
+                    f"recall@1 {r['recall_at_1']:.3f}, recall@10 {r['recall_at_10']:.3f}, GAP "
+                    f"{r['gap']:.3f}, {r['queries_per_s']:,.0f} q/s, {_faster(r['speedup_vs_kdtree'])} "
+                    f"than cKDTree"))
+    return out
+
+
+def _query_scale(d: dict) -> Headline:
+    out = []
+    for images, r in d["rows"].items():
+        for path in ("local", "global"):
+            if r.get(path):
+                out.append((f"one query at {int(images):,} gallery images, {path} path",
+                            f"{r[path]['s_per_query_mean']:.3f} s (vote + shortlist + MNN + "
+                            f"RANSAC), peak RSS {r[path]['peak_rss_bytes'] / 2**30:.2f} GiB"))
+    g = d["glr"]
+    out.append(("GLR-size run (117,703 queries, 4.1M images), global path",
+                f"~{g['machine_hours']:,.0f} machine-hours on this kind of machine"))
+    return out
+
+
 def _classify(d: dict) -> Headline:
     return [(f"classifier ({h['head']} head): batched vs per-image inference",
              f"batched {_faster(h['batched_over_naive'])}; training {h['train_samples_per_s']:,.0f} "
@@ -194,7 +225,8 @@ HEADLINES: dict[str, Callable[[dict], Headline]] = {
     "local_features": _local_features, "local_features_trained": _local_features,
     "local_features_sample": _local_features, "retrieval": _retrieval,
     "recognition": _recognition, "recognition_cli": _recognition_cli,
-    "hybrid_recipe": _hybrid_recipe, "global": _global}
+    "hybrid_recipe": _hybrid_recipe, "global": _global, "index_real": _index_real,
+    "query_scale": _query_scale}
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +339,31 @@ def _plot_index(d: dict, out: Path) -> list[Path]:
     return [_save(fig, out / "index.png")]
 
 
+def _plot_index_real(d: dict, out: Path) -> list[Path]:
+    """Recall@1 and GAP against queries/s, one line per factory over its nprobe values."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    by_factory: dict[str, list[dict]] = {}
+    for r in d["rows"].values():
+        by_factory.setdefault(r["factory"], []).append(r)
+    for factory, rows in by_factory.items():
+        rows = sorted(rows, key=lambda r: r["nprobe"] or 0)
+        qps = [r["queries_per_s"] for r in rows]
+        if factory == "Flat":
+            left.axhline(1.0, color="grey", ls=":", label="exact (Flat)")
+            right.axhline(rows[0]["gap"], color="grey", ls=":", label="exact (Flat)")
+            continue
+        left.semilogx(qps, [r["recall_at_1"] for r in rows], "o-", label=factory)
+        right.semilogx(qps, [r["gap"] for r in rows], "o-", label=factory)
+    n = d["params"]["landmark_queries"]
+    left.set(xlabel="queries/s (k=10; nprobe grows to the left)", ylabel="recall@1 vs exact",
+             title=f"{d['params']['num_vectors']:,} real descriptors")
+    right.set(xlabel="queries/s", ylabel="GAP through search",
+              title=f"End metric ({n} landmark queries: one is 1/{n})")
+    left.legend(fontsize=7)
+    return [_save(fig, out / "index_real.png")]
+
+
 def _plot_store(d: dict, out: Path) -> list[Path]:
     s, n = d["store"], d["naive_npz"]
     ratios = d["ratios"]
@@ -343,6 +400,7 @@ def _plot_gap(headline: Headline, name: str, title: str, out: Path) -> list[Path
 PLOTS: dict[str, Callable[[dict, Path], list[Path]]] = {
     "extract": _plot_extract, "scaling": _plot_scaling, "roofline": _plot_roofline,
     "index": _plot_index, "store": _plot_store, "classify": _plot_classify,
+    "index_real": _plot_index_real,
     "local_features": lambda d, out: _plot_gap(_local_features(d), "local_features",
                                                "Local features on real photos (leave-one-out)", out),
     "local_features_trained": lambda d, out: _plot_gap(

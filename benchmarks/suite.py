@@ -102,6 +102,25 @@ STAGES: tuple[Stage, ...] = (
           "Build, search and memory of the FAISS index against exact search and scipy cKDTree, "
           "as the number of vectors grows.",
           full=("--sizes", "100000,1000000,10000000")),
+    Stage("index_real", "eval_index_real", "FAISS on real descriptors",
+          "Recall against exact search, queries/s against cKDTree and the end metric (votes, "
+          "shortlist, GAP through search) per FAISS factory and nprobe, on >= 1e6 delf-hybrid "
+          "descriptors of views (scales, crops, rotations) of real photos, queried with other "
+          "photos of the same landmarks.",
+          full=("--work", "bench-results/real-gallery"),
+          notes="Without ../shared/data the full run falls back to sample-data (far below 1e6 "
+                "vectors). GAP counts the landmark queries and the non-landmark ones (a wrong "
+                "answer to those costs GAP); with ~20 landmark queries one query moves GAP by "
+                "~0.05, so rows within that of each other are a tie."),
+    Stage("query_scale", "eval_query_scale", "One query at gallery scale",
+          "Seconds and peak memory of a whole query (k-NN votes, shortlist, MNN, RANSAC) at 10k "
+          "and 100k gallery images, through a local-descriptor index and through a global "
+          "shortlist read from the store, and the cost of a GLR-size run estimated from them.",
+          full=("--work", "bench-results/real-gallery"),
+          notes="The gallery grows by copies of the real one whose descriptors are turned by a "
+                "random rotation (real statistics, matching nothing); the global descriptors are "
+                "random (no trained global model ships), so the global path's GAP is "
+                "meaningless here and only its cost counts."),
     Stage("classify", "bench_classify", "Classifier throughput",
           "Training and inference of the bottleneck heads over stored features; batched against "
           "per-image inference."),

@@ -26,6 +26,10 @@ MODEL_NAMES = ("auto", "tfhub", "delf-vgg16", "delf-resnet50", "rootsift", "delf
 # Learned models (PyTorch, the `torch` extra): their own descriptors unless given a PCA.
 LEARNED_MODEL_NAMES = ("xfeat", "aliked", "disk")
 RANSAC_MODELS = ("affine", "homography", "similarity")
+# IVF lists a local-descriptor index searches per query (build-index --nprobe). On real
+# descriptors (benchmarks/eval_index_real.py) GAP through search was flat from nprobe 8 up;
+# 32 buys recall@1 ~0.9 (IVF-SQ8) at ~15% of a query's time, so other data keep a margin.
+DEFAULT_NPROBE = 32
 MATCHERS = ("auto", "mnn", "lightglue")  # auto: lightglue where the features have one
 GLOBAL_MODEL_NAMES = ("gem-vgg16", "gem-resnet50", "concat")
 TRAIN_MODEL_NAMES = ("delf-bottleneck",) + GLOBAL_MODEL_NAMES

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from delfx.commands.options import POSITIVE, RATE, extract_config_options, resolve_config
-from delfx.config import MATCHERS, RANSAC_MODELS
+from delfx.config import DEFAULT_NPROBE, MATCHERS, RANSAC_MODELS
 
 log = logging.getLogger("delfx")
 
@@ -18,8 +18,8 @@ log = logging.getLogger("delfx")
 @click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--factory", default="auto", help="FAISS factory string; auto: Flat below 200k "
-              "vectors, else IVF<~4 sqrt(n)>,PQ20.")
-@click.option("--nprobe", type=POSITIVE, default=16, help="IVF lists searched per query (saved as default).")
+              "vectors, IVF<~4 sqrt(n)>,SQ8 up to 5e7, else IVF<~4 sqrt(n)>,PQ20.")
+@click.option("--nprobe", type=POSITIVE, default=DEFAULT_NPROBE, help="IVF lists searched per query (saved as default).")
 @click.option("--train-size", type=POSITIVE, default=None, help="Training sample [64 x lists, >= 100k].")
 @click.option("--update", is_flag=True, help="Add the shards completed since the index was built.")
 @click.option("--overwrite", is_flag=True)

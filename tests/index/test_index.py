@@ -20,8 +20,10 @@ from delfx.store.synthetic import write_synthetic_feature_set
 
 def test_auto_factory_and_estimates():
     assert auto_factory(10_000, 40) == "Flat"
-    assert auto_factory(1_000_000, 40) == "IVF4096,PQ20"
-    assert auto_factory(10_000_000, 40) == "IVF16384,PQ20"
+    assert auto_factory(1_000_000, 40) == "IVF4096,SQ8"
+    assert auto_factory(10_000_000, 40) == "IVF16384,SQ8"
+    assert auto_factory(100_000_000, 40) == "IVF32768,PQ20"
+    assert auto_factory(100_000_000, 64) == "IVF32768,PQ16"
     assert estimate_bytes("Flat", 1000, 40) == 160_000
     assert estimate_bytes("IVF1024,PQ20", 1_000_000, 40) == 28_000_000 + 1024 * 160
     check_gpu_factory("IVF1024,PQ20", 40)
