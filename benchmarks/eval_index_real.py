@@ -227,7 +227,7 @@ def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConf
                        "k": K, "shortlist": SHORTLIST, "auto_factory": auto, "quick": quick},
             "kdtree": kdtree, "rows": rows, "load_average": load,
             # what `delfx build-index` picks for this gallery by default
-            "chosen": {"row": f"{auto} nprobe {DEFAULT_NPROBE}"}}
+            "chosen": {"row": "Flat" if auto == "Flat" else f"{auto} nprobe {DEFAULT_NPROBE}"}}
 
 
 def table_for(results: dict[str, Any]) -> list[tuple[str, str]]:
