@@ -56,9 +56,13 @@ from delfx.config import ExtractConfig
 log = logging.getLogger(__name__)
 
 GLOBAL_DIM = 512
+# local: one index in this process; parts: the same index built in --parts parts, searched and
+# merged in this process; parts-ray: those parts in one Ray actor each (peak RSS: the driver's)
+LOCAL_PATHS = ("local", "parts", "parts-ray")
 GLOBAL_MODEL = {"id": "synthetic-random-512", "hash": "0" * 64, "dim": GLOBAL_DIM}
 GLR_GALLERY, GLR_QUERIES = 4_132_914, 117_703  # GLDv2 index set and test set (the 2019 challenge)
 SHARDS_PER_10K = 2
+MIN_SHARDS = 4  # so the index splits into 2 or 4 equal parts (a part holds whole shards)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,7 +82,8 @@ def write_scaled(source: Path, out: Path, images: int) -> dict[str, Any]:
     with a synthetic global descriptor. Reused when done.json says it is this one."""
     from delfx.store import FeatureSet, Manifest, ShardWriter, shard_file_name
     done = out / "done.json"
-    key = {"source": str(source), "images": images, "global": GLOBAL_MODEL}
+    num_shards = max(MIN_SHARDS, math.ceil(images / 10_000 * SHARDS_PER_10K))
+    key = {"source": str(source), "images": images, "global": GLOBAL_MODEL, "shards": num_shards}
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads(done.read_text())["summary"]
     import shutil
@@ -88,7 +93,6 @@ def write_scaled(source: Path, out: Path, images: int) -> dict[str, Any]:
     with FeatureSet(source) as fs:
         m = fs.manifest
         records = [r for r in (fs.get(i) for i in fs.image_ids) if r.ok]
-        num_shards = max(1, math.ceil(images / 10_000 * SHARDS_PER_10K))
         manifest = Manifest(num_shards=num_shards, model_id=m.model_id, model_hash=m.model_hash,
                             config=m.config, descriptor_dim=m.descriptor_dim,
                             descriptor_dtype=m.descriptor_dtype, global_model=GLOBAL_MODEL,
@@ -133,8 +137,8 @@ def label_of(landmarks: dict[str, str | None], gallery_id: str) -> str | None:
 def run_path(path: str, gallery_dir: Path, queries_dir: Path, index_dir: Path | None,
              landmarks: dict[str, str | None]) -> dict[str, Any]:
     """Load, then search every query (timed one by one) with delfx's own search code."""
-    from delfx.index.faiss_index import GalleryIndex
     from delfx.index.global_index import GlobalIndex
+    from delfx.index.parts import open_index
     from delfx.index.search import SearchConfig, search_one, shortlist_one, vote
     from delfx.metrics import gap, predictions_from
     from delfx.store import FeatureSet
@@ -143,15 +147,16 @@ def run_path(path: str, gallery_dir: Path, queries_dir: Path, index_dir: Path | 
     with FeatureSet(queries_dir) as qs:
         queries = [r for r in (qs.get(i) for i in qs.image_ids) if r.ok and r.num_features]
     config = SearchConfig.for_model(gallery.manifest.model_id)
-    if path == "local":
-        index = GalleryIndex(index_dir)
+    local = path in LOCAL_PATHS
+    if local:  # parts-ray: one Ray actor per part on a local Ray instance started here
+        index = open_index(index_dir, ray={} if path == "parts-ray" else None)
     else:
         index = GlobalIndex.from_feature_set(gallery)
         queries = [replace(q, global_descriptor=unit_rows(1, GLOBAL_DIM, 10**9 + n)[0])
                    for n, q in enumerate(queries)]
     load_s = time.perf_counter() - t0
     batched = None
-    if path == "local":  # the k-NN alone: one batched search of every query descriptor
+    if local:  # the k-NN alone: one batched search of every query descriptor
         descriptors = np.concatenate([q.descriptors for q in queries]).astype(np.float32)
         t = time.perf_counter()
         index.search(descriptors, config.k)
@@ -160,7 +165,7 @@ def run_path(path: str, gallery_dir: Path, queries_dir: Path, index_dir: Path | 
     totals, votes_s, predicted = [], [], {}
     for query in queries:
         t = time.perf_counter()
-        if path == "local":
+        if local:
             votes = vote(index, query.descriptors, config)
             votes_s.append(time.perf_counter() - t)
             results = search_one(query, index, gallery, config, votes=votes)
@@ -171,6 +176,7 @@ def run_path(path: str, gallery_dir: Path, queries_dir: Path, index_dir: Path | 
         label = label_of(landmarks, top.gallery_id) if top and top.inliers > 0 else None
         predicted[query.image_id] = (label, top.inliers) if label else None
     gallery.close()
+    getattr(index, "close", lambda: None)()
     truth = {q.image_id: landmarks[q.image_id] for q in queries}
     return {"peak_rss_bytes": rss_bytes()["peak_rss"], "load_s": load_s, "queries": len(queries), "s_per_query_median": statistics.median(totals),
             "s_per_query_mean": statistics.fmean(totals),
@@ -256,10 +262,11 @@ def glr_estimate(rows: dict[str, Any], features_per_image: float, bytes_per_imag
 
 
 def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConfig,
-             sizes: Sequence[int], local_max: int) -> dict[str, Any]:
+             sizes: Sequence[int], local_max: int, parts: int = 2) -> dict[str, Any]:
     import shutil
 
     from delfx.index.faiss_index import INDEX_FILE, build_index
+    from delfx.index.parts import build_index_parts
     prep = prepare(work, data_dir, quick, config)
     (work / "landmarks.json").write_text(json.dumps(prep.pop("landmarks")))
     load = {"before": list(os.getloadavg())}
@@ -279,6 +286,17 @@ def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConf
             row["local"] = measure_path("local", gallery_dir, work, index_dir)
             log.info("%d images, local: %.3f s/query", images, row["local"]["s_per_query_mean"])
             shutil.rmtree(index_dir, ignore_errors=True)
+            if parts > 1:
+                parts_dir = work / f"parts-{images}"
+                shutil.rmtree(parts_dir, ignore_errors=True)  # our own scratch folder
+                t0 = time.perf_counter()
+                build_index_parts(gallery_dir, parts_dir, parts, factory=meta.factory)
+                row["parts_build_s"] = time.perf_counter() - t0
+                for path in ("parts", "parts-ray"):
+                    row[path] = measure_path(path, gallery_dir, work, parts_dir)
+                    log.info("%d images, %s: %.3f s/query", images, path,
+                             row[path]["s_per_query_mean"])
+                shutil.rmtree(parts_dir, ignore_errors=True)
         row["global"] = measure_path("global", gallery_dir, work, None)
         log.info("%d images, global: %.3f s/query", images, row["global"]["s_per_query_mean"])
         rows[str(images)] = row
@@ -289,6 +307,7 @@ def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConf
                             largest["bytes"] / largest["images"], search)
     return {"params": {**prep, "model": config.model, "precision": config.precision,
                        "sizes": list(sizes), "local_max": local_max, "quick": quick,
+                       "parts": parts,
                        "global_model": GLOBAL_MODEL, "glr_gallery": GLR_GALLERY,
                        "glr_queries": GLR_QUERIES},
             "rows": rows, "global_search": search, "glr": estimate, "load_average": load}
@@ -312,6 +331,14 @@ def table_for(results: dict[str, Any]) -> list[tuple[str, str]]:
                           f"{loc['peak_rss_bytes'] / 1e9:.2f} GB, load {loc['load_s']:.1f} s; "
                           f"{r['factory']} {r['index_bytes'] / 1e6:.0f} MB, build "
                           f"{r['index_build_s']:.0f} s"))
+        for path in ("parts", "parts-ray"):
+            if r.get(path):
+                pr = r[path]
+                table.append((f"{head} {path} ({p.get('parts', 2)} parts)",
+                              f"{pr['s_per_query_mean']:.3f} s/query (vote {pr['vote_s_mean']:.3f}; "
+                              f"k-NN alone {pr['knn']['queries_per_s']:,.0f} descriptors/s), "
+                              f"GAP {pr['gap']:.3f}, peak RSS {pr['peak_rss_bytes'] / 1e9:.2f} GB "
+                              f"(this process), load {pr['load_s']:.1f} s"))
         g = r["global"]
         table.append((f"{head} global", f"{g['s_per_query_mean']:.3f} s/query, peak RSS "
                       f"{g['peak_rss_bytes'] / 1e9:.2f} GB, load {g['load_s']:.1f} s"))
@@ -348,7 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="largest gallery searched through a local index (default 20000)")
     parser.add_argument("--precision", default="int8", choices=("float32", "int8"))
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    parser.add_argument("--child", choices=("local", "global"), help=argparse.SUPPRESS)
+    parser.add_argument("--parts", type=int, default=2, help="also build the local index in "
+                        "this many parts and search them in process and on Ray (default 2; "
+                        "1: not)")
+    parser.add_argument("--child", choices=(*LOCAL_PATHS, "global"), help=argparse.SUPPRESS)
     parser.add_argument("--child-gallery", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-index", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -379,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             n = prepare(work, data_dir, True, config)["gallery_images"]
             sizes = [2 * n, 4 * n]
         results = evaluate(work, data_dir, args.quick, config, sizes,
-                           args.local_max if not args.quick else 4 * 10**6)
+                           args.local_max if not args.quick else 4 * 10**6, args.parts)
     emit("query_scale", results, table_for(results), args.json)
     return results
 

@@ -22,14 +22,27 @@ log = logging.getLogger("delfx")
 @click.option("--nprobe", type=POSITIVE, default=DEFAULT_NPROBE, help="IVF lists searched per query (saved as default).")
 @click.option("--train-size", type=POSITIVE, default=None, help="Training sample [64 x lists, >= 100k].")
 @click.option("--update", is_flag=True, help="Add the shards completed since the index was built.")
+@click.option("--parts", type=POSITIVE, default=None, help="Build the index in this many parts "
+              "(feature shard s in part s %% N; one trained quantizer): search merges them, "
+              "in process or one Ray actor per part (search --ray).")
 @click.option("--overwrite", is_flag=True)
 def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe: int,
-                        train_size: int | None, update: bool, overwrite: bool) -> None:
+                        train_size: int | None, update: bool, parts: int | None,
+                        overwrite: bool) -> None:
     """Index every local descriptor of FEATURE_DIR with FAISS (GPU when present)."""
     from delfx.index.faiss_index import build_index, update_index
+    if update and parts:
+        raise click.UsageError("--update adds to a single index; --parts builds a new one")
     if update:
         meta, added = update_index(feature_dir, index_dir)
         log.info("added shards %s", added if added else "none (index up to date)")
+    elif parts:
+        from delfx.index.parts import build_index_parts
+        doc = build_index_parts(feature_dir, index_dir, parts, factory=factory, nprobe=nprobe,
+                                train_size=train_size, overwrite=overwrite)
+        click.echo(f"{index_dir}: {doc['num_vectors']} vectors in {len(doc['parts'])} parts, "
+                   f"{doc['factory']}")
+        return
     else:
         meta = build_index(feature_dir, index_dir, factory=factory, nprobe=nprobe,
                            train_size=train_size, overwrite=overwrite)
@@ -58,10 +71,14 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
               "nearest by global descriptor (index global.faiss) instead of local votes.")
 @click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
               path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
+@click.option("--ray", "on_ray", is_flag=True, help="An index in parts (build-index --parts): "
+              "one Ray actor per part (a local Ray instance on 127.0.0.1 unless --address).")
+@click.option("--address", default=None, help="Ray cluster to join with --ray (every node must "
+              "read INDEX_DIR at the same path).")
 def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
            max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
            exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None,
-           matcher: str) -> None:
+           matcher: str, on_ray: bool, address: str | None) -> None:
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
     the gallery's own model and config)."""
     import csv as csvlib
@@ -69,8 +86,12 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
     from delfx.paths import atomic_text_output
     settings = dict(k=k, max_distance=max_distance, shortlist=shortlist, top=top, ransac=ransac,
                     relative_threshold=threshold, matcher=matcher)
+    if address and not on_ray:
+        raise click.UsageError("--address joins a Ray cluster for --ray")
+    ray = {"address": address} if on_ray else None
     results = run_search(index_dir, gallery_dir, queries, settings, exclude_self=exclude_self,
-                         global_shortlist=global_shortlist, global_model_dir=global_model_dir)
+                         global_shortlist=global_shortlist, global_model_dir=global_model_dir,
+                         ray=ray)
     with atomic_text_output(out) as handle:
         writer = csvlib.writer(handle) if fmt == "csv" else None
         if writer:

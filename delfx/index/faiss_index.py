@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ INDEX_FILE, MAPPING_FILE, META_FILE = "index.faiss", "mapping.h5", "index.json"
 FORMAT_NAME, FORMAT_VERSION = "delfx-index", 1
 MAPPING_FORMAT = "delfx-index-mapping"
 INDEX_FILES = {INDEX_FILE, MAPPING_FILE, META_FILE, GLOBAL_INDEX_FILE, GLOBAL_META_FILE}
+# An index in parts (delfx/index/parts.py): parts.json and one index folder per part.
+PARTS_FILE, PARTS_FORMAT = "parts.json", "delfx-index-parts"
+PART_NAME = re.compile(r"part-(\d{5})-of-(\d{5})")
 GPU_MAX_K = 2048  # FAISS GPU limit on k and nprobe
 GPU_PQ_M_FOR_40D = (2, 4, 20, 40)
 
@@ -243,54 +247,72 @@ def build_index(feature_dir: Path, out_dir: Path, *, factory: str = "auto",
                 train_size: int | None = None, seed: int = 0, overwrite: bool = False,
                 memory_limit: int | None = None) -> IndexMeta:
     """Build the index of every descriptor of a (complete or partial) feature set."""
-    import faiss
     out_dir = Path(out_dir)
     check_index_output(out_dir, Path(feature_dir), overwrite)
     require_intact(Path(feature_dir))  # the index must hold what was written, sha256 checked
     with FeatureSet(feature_dir, require_complete=False) as fs:
-        total, dim = fs.manifest.totals()["features"], fs.descriptor_dim
-        if total == 0:
-            raise DelfxError(f"{feature_dir}: no descriptors to index")
-        factory = auto_factory(total, dim) if factory == "auto" else factory
-        need = estimate_bytes(factory, total, dim)
-        limit = memory_limit or int(0.8 * available_memory())
-        log.info("index %s over %d vectors (%d-d): ~%.0f MB", factory, total, dim, need / 1e6)
-        if need > limit:
-            raise DelfxError(f"the index would need ~{need / 1e9:.1f} GB, more than the "
-                             f"{limit / 1e9:.1f} GB available; choose a compressed factory, "
-                             f"e.g. --factory IVF4096,PQ20")
-        gpus = gpu_count()
-        if gpus:
-            check_gpu_factory(factory, dim)
-        log.info("FAISS on %s", f"{gpus} GPU(s)" if gpus else "the CPU")
-        try:
-            index = faiss.index_factory(dim, factory)
-        except RuntimeError as exc:
-            raise DelfxError(f"bad FAISS factory string {factory!r}: {exc}") from None
-        ivf = faiss.try_extract_index_ivf(index)
-        ivfpq = faiss.downcast_index(ivf) if ivf is not None else None
-        if ivfpq is not None and hasattr(ivfpq, "do_polysemous_training"):
-            # IVF-PQ also trains polysemous codes by default; delfx never searches with them
-            # and they cost most of the training time (measured at 1M vectors: 9.3 s off vs 31.0 s on).
-            ivfpq.do_polysemous_training = False
-        if not index.is_trained:
-            nlist = faiss.extract_index_ivf(index).nlist
-            size = train_size or min(total, max(64 * nlist, 100_000), 1_000_000)
-            sample = _train_sample(fs, size, seed)
-            if len(sample) < 39 * nlist:
-                log.warning("training on %d vectors for %d lists (FAISS wants >= %d)",
-                            len(sample), nlist, 39 * nlist)
-            log.info("training on %d vectors", len(sample))
-            _train(index, sample, gpus)
-        mapping = _add_all(index, fs, None)
-        meta = IndexMeta(fs.manifest.model_id, fs.manifest.model_hash, dim, factory, nprobe,
-                         _indexed_shards(fs), int(index.ntotal), len(mapping.image_ids),
-                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         library_versions())
-        global_index = _global_index(fs)
+        factory, index = trained_index(fs, factory, train_size=train_size, seed=seed,
+                                       memory_limit=memory_limit)
+        mapping = add_shards(index, fs, None)
+        meta = index_meta(fs, factory, nprobe, _indexed_shards(fs), index, mapping)
+        global_index = global_index_of(fs)
     _save(out_dir, index, mapping, meta, global_index,
           lambda: check_index_output(out_dir, Path(feature_dir), overwrite))
     return meta
+
+
+def trained_index(fs: FeatureSet, factory: str, *, train_size: int | None = None, seed: int = 0,
+                  memory_limit: int | None = None, parts: int = 1) -> tuple[str, Any]:
+    """(factory, an empty FAISS index trained on a sample of the feature set's descriptors).
+
+    `factory` "auto" is resolved from the whole set's size; the memory check is for the
+    largest of `parts` equal parts (an index in parts is built one part at a time).
+    """
+    import faiss
+    total, dim = fs.manifest.totals()["features"], fs.descriptor_dim
+    if total == 0:
+        raise DelfxError(f"{fs.root}: no descriptors to index")
+    factory = auto_factory(total, dim) if factory == "auto" else factory
+    need = estimate_bytes(factory, -(-total // parts), dim)
+    limit = memory_limit or int(0.8 * available_memory())
+    log.info("index %s over %d vectors (%d-d): ~%.0f MB", factory, total, dim, need / 1e6)
+    if need > limit:
+        raise DelfxError(f"the index would need ~{need / 1e9:.1f} GB, more than the "
+                         f"{limit / 1e9:.1f} GB available; choose a compressed factory, "
+                         f"e.g. --factory IVF4096,PQ20, or build it in --parts")
+    gpus = gpu_count()
+    if gpus:
+        check_gpu_factory(factory, dim)
+    log.info("FAISS on %s", f"{gpus} GPU(s)" if gpus else "the CPU")
+    try:
+        index = faiss.index_factory(dim, factory)
+    except RuntimeError as exc:
+        raise DelfxError(f"bad FAISS factory string {factory!r}: {exc}") from None
+    ivf = faiss.try_extract_index_ivf(index)
+    ivfpq = faiss.downcast_index(ivf) if ivf is not None else None
+    if ivfpq is not None and hasattr(ivfpq, "do_polysemous_training"):
+        # IVF-PQ also trains polysemous codes by default; delfx never searches with them
+        # and they cost most of the training time (measured at 1M vectors: 9.3 s off vs 31.0 s on).
+        ivfpq.do_polysemous_training = False
+    if not index.is_trained:
+        nlist = faiss.extract_index_ivf(index).nlist
+        size = train_size or min(total, max(64 * nlist, 100_000), 1_000_000)
+        sample = _train_sample(fs, size, seed)
+        if len(sample) < 39 * nlist:
+            log.warning("training on %d vectors for %d lists (FAISS wants >= %d)",
+                        len(sample), nlist, 39 * nlist)
+        log.info("training on %d vectors", len(sample))
+        _train(index, sample, gpus)
+    return factory, index
+
+
+def index_meta(fs: FeatureSet, factory: str, nprobe: int, shards: dict[int, str], index,
+               mapping: "Mapping") -> IndexMeta:
+    """index.json's content for an index over `shards` of the feature set."""
+    return IndexMeta(fs.manifest.model_id, fs.manifest.model_hash, fs.descriptor_dim, factory,
+                     nprobe, shards, int(index.ntotal), len(mapping.image_ids),
+                     _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     library_versions())
 
 
 def _train(index, sample: np.ndarray, gpus: int) -> None:
@@ -302,7 +324,7 @@ def _train(index, sample: np.ndarray, gpus: int) -> None:
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
 
-def _add_all(index, fs: FeatureSet, mapping: Mapping | None, only: set[int] | None = None
+def add_shards(index, fs: FeatureSet, mapping: Mapping | None, only: set[int] | None = None
              ) -> Mapping:
     """Stream descriptors of the chosen shards into the index; extend the mapping."""
     ids = list(mapping.image_ids) if mapping else []
@@ -326,7 +348,7 @@ def _add_all(index, fs: FeatureSet, mapping: Mapping | None, only: set[int] | No
                    np.concatenate(rows) if rows else np.zeros(0, np.int64))
 
 
-def _global_index(fs: FeatureSet):
+def global_index_of(fs: FeatureSet):
     """The global (GeM) index of a schema-v2 gallery that stores global descriptors, else None."""
     if not fs.global_model:
         return None
@@ -338,6 +360,22 @@ def _global_index(fs: FeatureSet):
 
 def is_index_dir(folder: Path) -> bool:
     return has_format(Path(folder) / META_FILE, (FORMAT_NAME,))
+
+
+def is_parts_dir(folder: Path) -> bool:
+    return has_format(Path(folder) / PARTS_FILE, (PARTS_FORMAT,))
+
+
+def _own_entries(folder: Path) -> set[str]:
+    """Names in an index folder that are provably delfx's: the index files, and in an index in
+    parts parts.json and part folders that hold nothing but index files."""
+    own = set(INDEX_FILES)
+    if is_parts_dir(folder):
+        own.add(PARTS_FILE)
+        own |= {p.name for p in Path(folder).iterdir()
+                if p.is_dir() and PART_NAME.fullmatch(p.name) and is_index_dir(p)
+                and not foreign_entries(p, INDEX_FILES)}
+    return own
 
 
 def check_index_output(out_dir: Path, feature_dir: Path, overwrite: bool) -> None:
@@ -354,10 +392,10 @@ def check_index_output(out_dir: Path, feature_dir: Path, overwrite: bool) -> Non
     if not overwrite:
         raise DelfxError(f"{out_dir} is not empty (use --overwrite to replace an index there, "
                          f"or --update to add shards)")
-    if not is_index_dir(out_dir):
+    if not (is_index_dir(out_dir) or is_parts_dir(out_dir)):
         raise DelfxError(f"{out_dir} is not empty and is not a delfx index; refusing to replace "
                          f"it even with --overwrite")
-    foreign = foreign_entries(out_dir, INDEX_FILES)
+    foreign = foreign_entries(out_dir, _own_entries(out_dir))
     if foreign:
         raise DelfxError(f"{out_dir} holds files that are not the index's ({', '.join(foreign[:3])}"
                          f"{', ...' if len(foreign) > 3 else ''}): move them, then --overwrite")
@@ -374,17 +412,21 @@ def _save(out_dir: Path, index, mapping: Mapping, meta: IndexMeta, global_index=
           before_replacing=None) -> None:
     """Write the index folder beside `out_dir` and swap it in: a failed build leaves the old
     index as it was."""
-    import faiss
-
     def write(tmp: Path) -> None:
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        mapping.save(tmp / MAPPING_FILE)
+        write_index_files(tmp, index, mapping, meta)
         if global_index is not None:
             global_index.save(tmp)
-        meta.files = {name: file_sha256(tmp / name) for name in (INDEX_FILE, MAPPING_FILE)}
-        atomic_write_json(tmp / META_FILE, meta.to_json())  # last: it marks a complete index
 
     write_directory_atomically(out_dir, write, before_replacing)
+
+
+def write_index_files(folder: Path, index, mapping: Mapping, meta: IndexMeta) -> None:
+    """index.faiss, mapping.h5 and, last (it marks a complete index), index.json."""
+    import faiss
+    faiss.write_index(index, str(folder / INDEX_FILE))
+    mapping.save(folder / MAPPING_FILE)
+    meta.files = {name: file_sha256(folder / name) for name in (INDEX_FILE, MAPPING_FILE)}
+    atomic_write_json(folder / META_FILE, meta.to_json())
 
 
 def load_index_files(folder: Path) -> tuple[IndexMeta, Any, Mapping]:
@@ -445,6 +487,9 @@ def check_compatible(meta: IndexMeta, fs: FeatureSet, index_dir: Path) -> None:
 def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[int]]:
     """Add the shards completed since the index was built, without a rebuild."""
     index_dir = Path(index_dir)
+    if is_parts_dir(index_dir):
+        raise DelfxError(f"{index_dir} is an index in parts: --update adds to a single index "
+                         f"only; rebuild it (build-index --parts N --overwrite)")
     meta = IndexMeta.load(index_dir)
     _check_own_files(index_dir)
     with FeatureSet(feature_dir, require_complete=False) as fs:
@@ -454,10 +499,10 @@ def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[in
             return meta, []
         require_intact(Path(feature_dir), set(new))
         _, index, old_mapping = load_index_files(index_dir)
-        mapping = _add_all(index, fs, old_mapping, only=set(new))
+        mapping = add_shards(index, fs, old_mapping, only=set(new))
         meta.shards.update({i: fs.manifest.shards[i].sha256 for i in new})
         meta.num_vectors, meta.num_images = int(index.ntotal), len(mapping.image_ids)
-        global_index = _global_index(fs)  # exact and small: rebuilt whole rather than appended
+        global_index = global_index_of(fs)  # exact and small: rebuilt whole rather than appended
     _save(index_dir, index, mapping, meta, global_index, lambda: _check_own_files(index_dir))
     return meta, new
 

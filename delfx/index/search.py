@@ -253,7 +253,8 @@ def search_many(queries: Iterable[ImageFeatures], index: GalleryIndex | None, ga
 
 def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict | None = None,
                *, exclude_self: bool = False, global_shortlist: bool = False,
-               global_model_dir: Path | None = None) -> Iterator[tuple[str, list[Result]]]:
+               global_model_dir: Path | None = None, ray: dict | None = None
+               ) -> Iterator[tuple[str, list[Result]]]:
     """`delfx search`: results of every query (a feature set, or images extracted with the
     gallery's own model and config), (query id, results) per query, in query order. Everything is
     loaded and checked before this returns; the searching happens as the result is iterated.
@@ -264,13 +265,15 @@ def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict
         global_shortlist: shortlist by global descriptor (the index folder's global.faiss)
             instead of local votes.
         global_model_dir: the GeM model that embeds query *images* (global_shortlist).
+        ray: search an index in parts with one Ray actor per part ({"address": ...}).
     """
     from delfx.extractor.queries import Queries
     from delfx.index.faiss_index import check_compatible
     gallery = FeatureSet(gallery_dir, require_complete=False)
     config = SearchConfig.for_model(gallery.manifest.model_id, **(settings or {}))
     query_set = Queries(queries, gallery)  # cheap checks before the index is loaded
-    index = GalleryIndex(index_dir)
+    from delfx.index.parts import open_index
+    index = open_index(index_dir, ray=ray)
     check_compatible(index.meta, gallery, index_dir)
     global_index = global_model = None
     if global_shortlist:
@@ -286,7 +289,11 @@ def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict
     records = query_set.records(global_model)  # refusals here, before any output
 
     def results() -> Iterator[tuple[str, list[Result]]]:
-        with gallery:
-            yield from search_many(records, index, gallery, config, exclude_self, global_index)
+        try:
+            with gallery:
+                yield from search_many(records, index, gallery, config, exclude_self,
+                                       global_index)
+        finally:
+            getattr(index, "close", lambda: None)()  # an index in parts on Ray: its actors
 
     return results()

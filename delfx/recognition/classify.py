@@ -207,7 +207,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
         non_landmarks: images known not to be landmarks, apart from the gallery (a feature set
             of its model, or images): non_landmarks.NonLandmarks.
     """
-    from delfx.index.faiss_index import GalleryIndex, check_compatible
+    from delfx.index.faiss_index import check_compatible
     from delfx.index.search import SearchConfig, VerificationMemo
     if (scoring or {}).get("scoring") == "delg" and mode != "shortlist":
         raise DelfxError("--scoring delg needs --mode shortlist (it weighs each image's global "
@@ -239,7 +239,8 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     if mode in ("retrieval", "fused"):
         if index_dir is None:
             raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
-        index = GalleryIndex(index_dir)
+        from delfx.index.parts import open_index
+        index = open_index(index_dir)  # a single index or one in parts (searched in process)
         check_compatible(index.meta, gallery, index_dir)
     search = SearchConfig.for_model(gallery.manifest.model_id,
                                     **{"shortlist": shortlist, **(search_settings or {})})
