@@ -248,7 +248,8 @@ def glr_estimate(rows: dict[str, Any], features_per_image: float, bytes_per_imag
     global_search = search["batched_s_per_query"] * scale
     s_per_query = verify + global_search
     cpu_hours = GLR_QUERIES * s_per_query / 3600
-    # shortlist_one asks the global index one query at a time: memory bound at this size
+    # one query per call (search_many's way until it batched GLOBAL_BATCH queries): memory
+    # bound at this size
     one_at_a_time = GLR_QUERIES * (verify + search["single_s_per_query"] * scale) / 3600
     return {"global_path_s_per_query": s_per_query, "verification_s_per_query": verify,
             "global_search_s_per_query": global_search,
@@ -354,7 +355,7 @@ def table_for(results: dict[str, Any]) -> list[tuple[str, str]]:
                   f"alone is {glr['global_search_one_at_a_time_s']:.2f}) = "
                   f"{glr['machine_hours']:,.0f} machine-hours batched ("
                   f"{glr['machine_hours_one_at_a_time']:,.0f} one query at a time, as "
-                  f"search_many asks today): {hours} machines; store "
+                  f"search_many asked before it batched): {hours} machines; store "
                   f"{glr['store_bytes'] / 1e9:,.0f} GB, global matrix "
                   f"{glr['global_matrix_bytes'] / 1e9:.1f} GB" + (
                       f", local index {glr['local_index_bytes'] / 1e9:,.0f} GB"

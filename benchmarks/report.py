@@ -153,8 +153,9 @@ def _query_scale(d: dict) -> Headline:
     g = d["glr"]
     out.append(("GLR-size run (117,703 queries, 4.1M images), global path",
                 f"~{g['machine_hours']:,.0f} machine-hours on this kind of machine, global search "
-                f"batched" + (f" (~{g['machine_hours_one_at_a_time']:,.0f} asked one query at a "
-                              f"time)" if "machine_hours_one_at_a_time" in g else "")))
+                f"batched, as search does it" + (
+                    f" (~{g['machine_hours_one_at_a_time']:,.0f} asked one query at a time)"
+                    if "machine_hours_one_at_a_time" in g else "")))
     return out
 
 

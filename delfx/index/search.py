@@ -212,18 +212,22 @@ def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConf
 
 
 def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, config: SearchConfig,
-                  exclude_self: bool = False, memo: VerificationMemo | None = None
-                  ) -> list[Result]:
+                  exclude_self: bool = False, memo: VerificationMemo | None = None,
+                  nearest: tuple[np.ndarray, list[list[str]]] | None = None) -> list[Result]:
     """Ranked, verified gallery matches among the `config.shortlist` nearest gallery images by
     global descriptor (`GlobalIndex`); `votes` is then the cosine similarity x 1000, rounded.
 
     Global retrieval, then local re-ranking: no local-descriptor index is searched.
+
+    Args:
+        nearest: this query's `global_index.search(..., global_k(config, exclude_self))`, when
+            the caller searched a batch of queries at once (search_many does).
     """
     if query.global_descriptor is None:
         raise DelfxError(f"query {query.image_id} has no global descriptor (extract it with "
                          f"--global-model)")
-    extra = 1 if exclude_self else 0
-    sims, ids = global_index.search(query.global_descriptor, config.shortlist + extra)
+    sims, ids = nearest or global_index.search(query.global_descriptor,
+                                               global_k(config, exclude_self))
     near = [(i, float(s)) for i, s in zip(ids[0], sims[0])
             if not (exclude_self and i == query.image_id)][:config.shortlist]
     candidates = [gallery.get(i) for i, _ in near]
@@ -235,20 +239,53 @@ def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, confi
             for rank, ((_, sim), candidate, v) in enumerate(ranked, start=1)]
 
 
+def global_k(config: SearchConfig, exclude_self: bool) -> int:
+    """Global neighbours a query needs: the shortlist, plus one that may be itself."""
+    return config.shortlist + (1 if exclude_self else 0)
+
+
+# Queries whose global descriptors are searched in one call: an exact global index is read
+# whole per call, so one query at a time is memory bound (205 ms per query at 1e6 x 512 here,
+# 5.5 ms per query in batches of 256: benchmarks/eval_query_scale.py).
+GLOBAL_BATCH = 256
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def search_many(queries: Iterable[ImageFeatures], index: GalleryIndex | None, gallery: FeatureSet,
                 config: SearchConfig, exclude_self: bool = False, global_index=None
                 ) -> Iterator[tuple[str, list[Result]]]:
     """(query id, its results) per query, in query order: search_one, or shortlist_one when a
-    global index is given. A query whose extraction failed has no results (and a warning)."""
-    for query in queries:
-        if not query.ok:
-            log.warning("query %s skipped: %s (%s)", query.image_id, query.reason, query.message)
-            yield query.image_id, []
-            continue
+    global index is given (global descriptors searched GLOBAL_BATCH queries at a time). A query
+    whose extraction failed has no results (and a warning)."""
+    for batch in _batches(queries, GLOBAL_BATCH if global_index is not None else 1):
+        nearest: dict[int, tuple] = {}
         if global_index is not None:
-            yield query.image_id, shortlist_one(query, global_index, gallery, config, exclude_self)
-        else:
-            yield query.image_id, search_one(query, index, gallery, config, exclude_self)
+            rows = [n for n, q in enumerate(batch) if q.ok and q.global_descriptor is not None]
+            if rows:
+                sims, ids = global_index.search(
+                    np.stack([batch[n].global_descriptor for n in rows]),
+                    global_k(config, exclude_self))
+                nearest = {n: (sims[i:i + 1], ids[i:i + 1]) for i, n in enumerate(rows)}
+        for n, query in enumerate(batch):
+            if not query.ok:
+                log.warning("query %s skipped: %s (%s)", query.image_id, query.reason,
+                            query.message)
+                yield query.image_id, []
+            elif global_index is not None:
+                yield query.image_id, shortlist_one(query, global_index, gallery, config,
+                                                    exclude_self, nearest=nearest.get(n))
+            else:
+                yield query.image_id, search_one(query, index, gallery, config, exclude_self)
 
 
 def run_search(index_dir: Path, gallery_dir: Path, queries: Path, settings: dict | None = None,

@@ -318,3 +318,20 @@ def test_training_prints_no_tensorflow_start_up_noise(sample_dataset, tmp_path):
              if any(w in line for w in ("cuInit", "oneDNN", "TensorFlow binary", "absl::",
                                         "cuda", "E0000", "W0000"))]
     assert not noise, noise
+
+
+@pytest.mark.slow
+def test_global_shortlist_in_batches_equals_one_query_at_a_time(trained, monkeypatch):
+    """search_many asks the global index GLOBAL_BATCH queries at a time (one call per batch:
+    an exact index is read whole per call); the results are those of one query per call."""
+    from delfx.index import search as search_module
+    root, _ = trained
+
+    def results(batch: int) -> list:
+        monkeypatch.setattr(search_module, "GLOBAL_BATCH", batch)
+        return [(q, [r.to_json() for r in rs]) for q, rs in search_module.run_search(
+            root / "index", root / "gallery", root / "queries", {"shortlist": 3},
+            global_shortlist=True)]
+
+    one = results(1)
+    assert len(one) >= 4 and results(3) == one and results(256) == one
