@@ -142,6 +142,10 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               help="Images known not to be landmarks (a feature set of the gallery's model, or "
               "images): evidence against a landmark, like the gallery's own non-landmark "
               "images (an empty landmark in GALLERY_LABELS).")
+@click.option("--ray", "on_ray", is_flag=True, help="An index in parts (build-index --parts): "
+              "one Ray actor per part (a local Ray instance on 127.0.0.1 unless --address).")
+@click.option("--address", default=None, help="Ray cluster to join with --ray (every node must "
+              "read the index folder at the same path).")
 def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
              classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
              calibrate: bool, evidence: Path | None, min_score: float | None, top_k: int,
@@ -151,9 +155,11 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
              rank_by: str | None,
              chance_pairs: int,
              no_non_landmark_penalty: bool, max_per_landmark: int, exclude_self: bool,
-             non_landmarks: Path | None) -> None:
+             non_landmarks: Path | None, on_ray: bool, address: str | None) -> None:
     """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
     from delfx.recognition.classify import run_classify
+    if address and not on_ray:
+        raise click.UsageError("--address joins a Ray cluster for --ray")
     summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
                            classifier_dir=classifier_dir, index_dir=index_dir,
                            calibration_path=calibration, calibrate=calibrate,
@@ -167,7 +173,8 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
                                     "non_landmark_penalty": False if no_non_landmark_penalty
                                     else None},
                            chance_pairs=chance_pairs, max_per_landmark=max_per_landmark,
-                           exclude_self=exclude_self, non_landmarks=non_landmarks)
+                           exclude_self=exclude_self, non_landmarks=non_landmarks,
+                           ray={"address": address} if on_ray else None)
     click.echo(jsonlib.dumps(summary))
 
 

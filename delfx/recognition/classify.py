@@ -183,7 +183,8 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                  search_settings: dict[str, Any] | None = None,
                  scoring: dict[str, Any] | None = None, chance_pairs: int = 0,
                  max_per_landmark: int = 0, exclude_self: bool = False,
-                 memo=None, non_landmarks: Path | None = None) -> dict[str, Any]:
+                 memo=None, non_landmarks: Path | None = None,
+                 ray: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recognise every query and write the submission.
 
     Args:
@@ -206,6 +207,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
             otherwise no query pair can come twice, and hashing and keeping them is waste.
         non_landmarks: images known not to be landmarks, apart from the gallery (a feature set
             of its model, or images): non_landmarks.NonLandmarks.
+        ray: an index in parts searched with one Ray actor per part ({"address": ...}).
     """
     from delfx.index.faiss_index import check_compatible
     from delfx.index.search import SearchConfig, VerificationMemo
@@ -240,7 +242,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
         if index_dir is None:
             raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
         from delfx.index.parts import open_index
-        index = open_index(index_dir)  # a single index or one in parts (searched in process)
+        index = open_index(index_dir, ray=ray)  # a single index or one in parts
         check_compatible(index.meta, gallery, index_dir)
     search = SearchConfig.for_model(gallery.manifest.model_id,
                                     **{"shortlist": shortlist, **(search_settings or {})})
@@ -284,6 +286,7 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
     results, start = [], time.perf_counter()
     for query in query_set.records(global_model):
         results.append(recognizer.recognize(query, exclude_self=exclude_self))
+    getattr(index, "close", lambda: None)()  # an index in parts on Ray: its actors
     answers = demote_frequent([Answer(r.query, r.label, r.score) for r in results],
                               max_per_landmark)
     demoted = sum(1 for a, r in zip(answers, results) if a.score != r.score)

@@ -275,3 +275,25 @@ def test_search_settings_reach_the_verification(sample_dataset, pipeline, tmp_pa
     def inliers(path):
         return [c["inliers"] for line in map(json.loads, open(path)) for c in line["candidates"]]
     assert inliers(tmp_path / "a.jsonl") != inliers(tmp_path / "h.jsonl")
+
+
+def test_an_index_in_parts_gives_the_same_submission(sample_dataset, pipeline, tmp_path):
+    """classify over `build-index --parts 2` writes what it writes over the single index; with
+    --ray (a local Ray instance the delfx process starts, one actor per part) too."""
+    import os
+    import subprocess
+    import sys
+    root, data = pipeline, sample_dataset.root
+    invoke("build-index", root / "gallery", tmp_path / "parts", "--parts", "2")
+    common = [root / "gallery", data / "train.csv", root / "queries", "--mode", "retrieval"]
+    invoke("classify", *common, "--index", root / "index", "--out", tmp_path / "single.csv")
+    invoke("classify", *common, "--index", tmp_path / "parts", "--out", tmp_path / "parts.csv")
+    single = (tmp_path / "single.csv").read_text()
+    assert (tmp_path / "parts.csv").read_text() == single and len(single.splitlines()) > 4
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    proc = subprocess.run([sys.executable, "-m", "delfx", "classify", *map(str, common),
+                           "--index", str(tmp_path / "parts"), "--out", str(tmp_path / "ray.csv"),
+                           "--ray"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "ray.csv").read_text() == single
