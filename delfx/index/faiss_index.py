@@ -507,7 +507,20 @@ def update_index(feature_dir: Path, index_dir: Path) -> tuple[IndexMeta, list[in
     return meta, new
 
 
-class GalleryIndex:
+class ImageTablePositions:
+    """`mapping_positions` (image id -> row of `mapping.image_ids`), built once when asked."""
+
+    _positions: dict[str, int] | None = None
+
+    @property
+    def mapping_positions(self) -> dict[str, int]:
+        """image id -> row of the image table."""
+        if self._positions is None:
+            self._positions = {image_id: i for i, image_id in enumerate(self.mapping.image_ids)}
+        return self._positions
+
+
+class GalleryIndex(ImageTablePositions):
     """A loaded index: k nearest gallery keypoints for query descriptors (GPU when present)."""
 
     def __init__(self, index_dir: Path, *, nprobe: int | None = None):
@@ -521,16 +534,8 @@ class GalleryIndex:
         if self.gpu:
             index = faiss.index_cpu_to_all_gpus(index)
         self.index = index
-        self._positions: dict[str, int] | None = None
         log.info("index %s: %d vectors, %s on %s", self.folder, index.ntotal, self.meta.factory,
                  "GPU" if self.gpu else "CPU")
-
-    @property
-    def mapping_positions(self) -> dict[str, int]:
-        """image id -> row of the image table."""
-        if self._positions is None:
-            self._positions = {image_id: i for i, image_id in enumerate(self.mapping.image_ids)}
-        return self._positions
 
     def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(L2 distances (n, k), gallery image rows (n, k), keypoint rows (n, k)); -1 = none."""

@@ -36,8 +36,8 @@ from delfx.artifacts import header, read_json_artifact
 from delfx.config import DEFAULT_NPROBE
 from delfx.digests import file_sha256
 from delfx.errors import DelfxError
-from delfx.index.faiss_index import (META_FILE, PARTS_FILE, PARTS_FORMAT, GalleryIndex, IndexMeta,
-                                     add_shards, check_index_output, global_index_of, index_meta,
+from delfx.index.faiss_index import (META_FILE, PARTS_FILE, PARTS_FORMAT, GalleryIndex,
+                                     ImageTablePositions, IndexMeta, add_shards, check_index_output, global_index_of, index_meta,
                                      is_parts_dir, trained_index, write_index_files)
 from delfx.paths import atomic_write_json, write_directory_atomically
 from delfx.store import FeatureSet, require_intact
@@ -178,7 +178,7 @@ class PartSearcher:
         return self.index.search(descriptors, k)
 
 
-class IndexParts:
+class IndexParts(ImageTablePositions):
     """An index in parts, searched as one: the GalleryIndex contract (meta, mapping.image_ids,
     mapping_positions, nprobe, search), so search and classify use it unchanged.
 
@@ -239,7 +239,6 @@ class IndexParts:
                               self.data["nprobe"], shards, sum(m.num_vectors for m in metas),
                               len(self.mapping.image_ids), self.data["created"],
                               self.data["versions"])
-        self._positions: dict[str, int] | None = None
         log.info("index %s: %d parts, %d vectors, %s, %s", self.folder, len(folders),
                  self.meta.num_vectors, self.meta.factory,
                  "one Ray actor per part" if self._remote else "in this process")
@@ -247,12 +246,6 @@ class IndexParts:
     @property
     def num_parts(self) -> int:
         return len(self._searchers)
-
-    @property
-    def mapping_positions(self) -> dict[str, int]:
-        if self._positions is None:
-            self._positions = {image_id: i for i, image_id in enumerate(self.mapping.image_ids)}
-        return self._positions
 
     def search(self, descriptors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each part's k nearest, merged by distance (stable: a tie goes to the lower part)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.support.broken_images import write_broken_images, write_good_images
+from tests.support.ray_cluster import CLUSTER
 from delfx.store import FeatureSet, shard_file_name, verify
 
 pytestmark = pytest.mark.slow
@@ -102,19 +103,6 @@ def test_end_to_end_local_default(images, tmp_path):
             f"{report['seconds_per_100_images_after_startup']:.2f} s per 100 images") in text
     again = _summary(_extract(images, out, "--shards", "3", "--max-side", "240"))
     assert again["shards_skipped"] == 3 and again["images_processed"] == 0
-
-
-CLUSTER = """
-import os, sys, time
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # every node on 127.0.0.1
-from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-cluster.add_node(num_cpus=1)
-cluster.wait_for_nodes()
-print(cluster.address, flush=True)
-sys.stdin.read()          # until the test closes stdin
-cluster.shutdown()
-"""
 
 
 def test_two_node_cluster(images, tmp_path):

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from delfx.index.faiss_index import GalleryIndex, build_index, update_index
 from delfx.index.parts import IndexParts, build_index_parts, merge, open_index
 from delfx.store import FeatureSet
 from delfx.store.synthetic import write_synthetic_feature_set
+from tests.support.ray_cluster import CLUSTER
 
 
 @pytest.fixture(scope="module")
@@ -142,18 +142,6 @@ def test_search_on_ray_actors_equals_in_process(gallery, tmp_path):
     assert on_ray.returncode == 0, on_ray.stderr[-2000:]
     assert on_ray.stdout == local.stdout and len(local.stdout.splitlines()) >= 30
 
-
-CLUSTER = """
-import os, sys
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # every node on 127.0.0.1
-from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-cluster.add_node(num_cpus=1)
-cluster.wait_for_nodes()
-print(cluster.address, flush=True)
-sys.stdin.read()          # until the test closes stdin
-cluster.shutdown()
-"""
 
 SEARCH_ON = """
 import json, sys
