@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from benchmarks.common import emit, load_text, rss_bytes, timed
+from benchmarks.common import emit, load_text, recall, rss_bytes, timed
 
 DIM = 40
 K = 10
@@ -152,21 +152,6 @@ def serialised_bytes(index, folder: Path) -> int:
         return path.stat().st_size
     finally:
         path.unlink()
-
-
-def recall(approx: np.ndarray, exact: np.ndarray) -> dict[str, float]:
-    """Recall of approximate (nq, k) ids against exact (nq, k) ids.
-
-    Returns:
-        recall_at_1: share of queries whose approximate top-1 is the exact top-1;
-        recall_at_10: mean |approx top-k ∩ exact top-k| / k;
-        nn_in_top10: share of queries whose exact top-1 is anywhere in the approximate top-k.
-    """
-    k = exact.shape[1]
-    overlap = [len(np.intersect1d(a[a >= 0], e)) / k for a, e in zip(approx, exact)]
-    return {"recall_at_1": float(np.mean(approx[:, 0] == exact[:, 0])),
-            "recall_at_10": float(np.mean(overlap)),
-            "nn_in_top10": float(np.mean((approx == exact[:, :1]).any(axis=1)))}
 
 
 def _search_stats(t: dict[str, float]) -> dict[str, Any]:

@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 def cpu_model() -> str:
     try:
@@ -101,6 +105,28 @@ def rss_bytes() -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def recall(approx: np.ndarray, exact: np.ndarray) -> dict[str, float]:
+    """Recall of approximate (nq, k) ids against exact (nq, k) ids (-1: no neighbour), for the
+    FAISS stages (synthetic and real descriptors).
+
+    Returns:
+        recall_at_1: share of queries whose approximate top-1 is the exact top-1;
+        recall_at_10: mean |approx top-k ∩ exact top-k| / k;
+        nn_in_top10: share of queries whose exact top-1 is anywhere in the approximate top-k.
+    """
+    k = exact.shape[1]
+    overlap = [len(np.intersect1d(a[a >= 0], e)) / k for a, e in zip(approx, exact)]
+    return {"recall_at_1": float(np.mean(approx[:, 0] == exact[:, 0])),
+            "recall_at_10": float(np.mean(overlap)),
+            "nn_in_top10": float(np.mean((approx == exact[:, :1]).any(axis=1)))}
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a benchmark child process: this one's, with the project importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def dir_bytes(path: Path) -> int:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks.common import PROJECT_ROOT
 from delfx.config import ExtractConfig
 from delfx.inputs import ImageItem
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NUM_SHARDS = 2  # more than one, so a feature set and an index mapping span shards
 
 

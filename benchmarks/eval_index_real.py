@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import emit, load_text
+from benchmarks.common import emit, load_text, recall
 from benchmarks.data import resolve_data_dir
 from benchmarks.real_gallery import prepare
 from delfx.config import ExtractConfig
@@ -90,15 +90,6 @@ class Answers:
 def keys_of(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One integer per gallery vector (image row, keypoint row), -1 where there is none."""
     return np.where(images >= 0, images.astype(np.int64) * (1 << 20) + rows, -1)
-
-
-def recall(approx: np.ndarray, exact: np.ndarray) -> dict[str, float]:
-    """recall@1, recall@10 (top-k overlap / k) and 'exact NN in the approximate top-k'."""
-    k = exact.shape[1]
-    overlap = [len(np.intersect1d(a[a >= 0], e)) / k for a, e in zip(approx, exact)]
-    return {"recall_at_1": float(np.mean(approx[:, 0] == exact[:, 0])),
-            "recall_at_10": float(np.mean(overlap)),
-            "nn_in_top10": float(np.mean((approx == exact[:, :1]).any(axis=1)))}
 
 
 def end_metric(index, answers: Answers, queries: Sequence, gallery, landmarks: dict[str, str | None],

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import emit, load_text, rss_bytes, run_measured
+from benchmarks.common import PROJECT_ROOT, child_env, emit, load_text, rss_bytes, run_measured
 from benchmarks.data import resolve_data_dir
 from benchmarks.real_gallery import prepare
 from delfx.config import ExtractConfig
@@ -63,7 +63,6 @@ GLOBAL_MODEL = {"id": "synthetic-random-512", "hash": "0" * 64, "dim": GLOBAL_DI
 GLR_GALLERY, GLR_QUERIES = 4_132_914, 117_703  # GLDv2 index set and test set (the 2019 challenge)
 SHARDS_PER_10K = 2
 MIN_SHARDS = 4  # so the index splits into 2 or 4 equal parts (a part holds whole shards)
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def rotation(dim: int, seed: int) -> np.ndarray:
@@ -194,9 +193,7 @@ def measure_path(path: str, gallery_dir: Path, work: Path, index_dir: Path | Non
            "--child-gallery", str(gallery_dir), "--work", str(work), "--json", str(out)]
     if index_dir is not None:
         cmd += ["--child-index", str(index_dir)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    measured = run_measured(cmd, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
+    measured = run_measured(cmd, env=child_env(), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
     if measured["exit_code"] != 0 or not out.is_file():
         raise RuntimeError(f"{' '.join(cmd)} failed ({measured['exit_code']})")
     return {**json.loads(out.read_text()), "wall_s": measured["wall_s"]}

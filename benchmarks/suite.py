@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine_facts, run_measured
+from benchmarks.common import PROJECT_ROOT, child_env, machine_facts, run_measured
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -221,11 +220,9 @@ def run_stage(stage: Stage, quick: bool, out_dir: Path) -> dict[str, Any]:
     json_path.unlink(missing_ok=True)  # a stale file must never pass for this run's result
     cmd = [sys.executable, "-m", f"benchmarks.{stage.module}", *stage.argv(quick),
            "--json", str(json_path)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with open(log_path, "wb") as log:
         measured = run_measured(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-                                env=env)
+                                env=child_env())
     record = {"command": stage.command(quick), **measured}
     if measured["exit_code"] != 0 or not json_path.is_file():
         return {**record, "status": "failed", "reason": _log_tail(log_path)}

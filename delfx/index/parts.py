@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,9 +74,9 @@ def build_index_parts(feature_dir: Path, out_dir: Path, parts: int, *, factory: 
                              f"{parts} parts asked for (a part holds whole shards)")
         factory, trained = trained_index(fs, factory, train_size=train_size, seed=seed,
                                          memory_limit=memory_limit, parts=parts)
-        groups = [[s for s in shards if s % parts == p] for p in range(parts)]
-        if any(not g for g in groups):  # shard numbers need not be 0..n-1 (a partial set)
-            groups = [shards[p::parts] for p in range(parts)]
+        # dealt round-robin: shard s in part s % parts for a complete set (a partial one may
+        # miss shard numbers, and no part may be left empty)
+        groups = [shards[p::parts] for p in range(parts)]
         global_index = global_index_of(fs)
         document: dict[str, Any] = {}
 
@@ -165,8 +167,6 @@ class PartSearcher:
         self.index = GalleryIndex(Path(folder), nprobe=nprobe)
 
     def describe(self) -> dict[str, Any]:
-        import os
-        import sys
         node = None
         if "ray" in sys.modules:  # never import ray here: in process it would start Ray
             import ray
