@@ -140,6 +140,19 @@ def _index_real(d: dict) -> Headline:
     return out
 
 
+def _query_job(d: dict) -> Headline:
+    runs = d["runs"]
+    out = [(f"search job, {name}", f"{r['queries_per_s']:.2f} queries/s ({r['workers']} "
+                                   f"worker(s), x{r['speedup_vs_ray_1']:.2f} one Ray worker)")
+           for name, r in runs.items()]
+    mem = d["memory"]
+    out.append(("worker memory, 2 workers, index memory-mapped / read",
+                f"PSS {mem['mmap']['pss_total_bytes'] / 2**20:.0f} / "
+                f"{mem['read']['pss_total_bytes'] / 2**20:.0f} MiB together (index file "
+                f"{mem['index_file_bytes'] / 2**20:.0f} MiB)"))
+    return out
+
+
 def _query_scale(d: dict) -> Headline:
     out = []
     what = {"local": "k-NN votes + shortlist + MNN + RANSAC",
@@ -234,7 +247,7 @@ HEADLINES: dict[str, Callable[[dict], Headline]] = {
     "local_features_sample": _local_features, "retrieval": _retrieval,
     "recognition": _recognition, "recognition_cli": _recognition_cli,
     "hybrid_recipe": _hybrid_recipe, "global": _global, "index_real": _index_real,
-    "query_scale": _query_scale}
+    "query_scale": _query_scale, "query_job": _query_job}
 
 
 # --------------------------------------------------------------------------------------------

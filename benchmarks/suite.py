@@ -120,6 +120,14 @@ STAGES: tuple[Stage, ...] = (
                 "random rotation (real statistics, matching nothing); the global descriptors are "
                 "random (no trained global model ships), so the global path's GAP is "
                 "meaningless here and only its cost counts."),
+    Stage("query_job", "eval_query_job", "Search as a query job",
+          "Queries/s of `delfx search --out` (a resumable query job) in process and on 1 and "
+          "2 Ray workers over a real-descriptor gallery, the driver's own share of the run, "
+          "and what each worker holds in memory with the index memory-mapped and read.",
+          full=("--work", "bench-results/real-gallery"),
+          notes="On this 2-core machine two workers share the two cores with the driver and "
+                "Ray's own processes; the speed-up a cluster gives is bounded by the driver's "
+                "recording share (each chunk's result written once)."),
     Stage("classify", "bench_classify", "Classifier throughput",
           "Training and inference of the bottleneck heads over stored features; batched against "
           "per-image inference."),

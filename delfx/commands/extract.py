@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json as jsonlib
-import contextlib
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from delfx.commands.options import POSITIVE, RATE, SHARE, extract_config_options, resolve_config
+from delfx.commands.options import (POSITIVE, RATE, SHARE, data_only_stdout, extract_config_options,
+                                   resolve_config)
 
 log = logging.getLogger("delfx")
 
@@ -134,8 +133,7 @@ def extract(ctx: click.Context, input_path: Path, out_dir: Path, shards: int, ad
                 RayExecutor(address=address, num_cpus=num_cpus,
                             cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                             verbosity=verbosity, global_model=global_model))
-    # Ray prints worker-death notices with print(): keep stdout for our data alone.
-    with contextlib.redirect_stdout(sys.stderr):
+    with data_only_stdout():
         summary = run_extraction(items, config, out_dir, shards, executor, overwrite=overwrite,
                                  chunk_size=chunk_size, max_retries=max_retries, workers=workers,
                                  stall_timeout=stall_timeout)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import sys
 from pathlib import Path
 
 import click
 
-from delfx.commands.options import POSITIVE, RATE, extract_config_options, resolve_config
+from delfx.commands.options import (POSITIVE, RATE, data_only_stdout, extract_config_options,
+                                   job_options, job_ray, resolve_config)
 from delfx.config import DEFAULT_NPROBE, MATCHERS, RANSAC_MODELS
 
 log = logging.getLogger("delfx")
@@ -71,42 +73,41 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
               "nearest by global descriptor (index global.faiss) instead of local votes.")
 @click.option("--global-model", "global_model_dir", type=click.Path(exists=True, file_okay=False,
               path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
-@click.option("--ray", "on_ray", is_flag=True, help="An index in parts (build-index --parts): "
-              "one Ray actor per part (a local Ray instance on 127.0.0.1 unless --address).")
-@click.option("--address", default=None, help="Ray cluster to join with --ray (every node must "
-              "read INDEX_DIR at the same path).")
+@job_options
+@click.option("--json", "as_json", is_flag=True, help="With --out: print the summary as JSON.")
 def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
            max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
            exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None,
-           matcher: str, on_ray: bool, address: str | None) -> None:
+           matcher: str, on_ray: bool, address: str | None, workers: int | None,
+           chunk_size: int | None, as_json: bool) -> None:
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
-    the gallery's own model and config)."""
-    import csv as csvlib
-    from delfx.index.search import RESULT_FIELDS, run_search
-    from delfx.paths import atomic_text_output
+    the gallery's own model and config).
+
+    With --out, a resumable job: a killed or interrupted run, run again, finishes the chunks
+    of queries not done yet (kept in .OUT.delfx-job/ beside OUT) and writes the same OUT.
+    """
     settings = dict(k=k, max_distance=max_distance, shortlist=shortlist, top=top, ransac=ransac,
                     relative_threshold=threshold, matcher=matcher)
-    if address and not on_ray:
-        raise click.UsageError("--address joins a Ray cluster for --ray")
-    ray = {"address": address} if on_ray else None
-    results = run_search(index_dir, gallery_dir, queries, settings, exclude_self=exclude_self,
-                         global_shortlist=global_shortlist, global_model_dir=global_model_dir,
-                         ray=ray)
-    with atomic_text_output(out) as handle:
-        writer = csvlib.writer(handle) if fmt == "csv" else None
-        if writer:
-            writer.writerow(RESULT_FIELDS)
-        for query, query_results in results:
-            # One row per query at least, so outputs line up with inputs: an empty one when a
-            # query found nothing (or could not be extracted).
-            rows = [r.to_json() for r in query_results] or [
-                {name: (query if name == "query" else None) for name in RESULT_FIELDS}]
-            for row in rows:
-                if writer:
-                    writer.writerow(["" if row[n] is None else row[n] for n in RESULT_FIELDS])
-                else:
-                    handle.write(jsonlib.dumps(row) + "\n")
-            handle.flush()
+    ray = job_ray(on_ray, address, workers, out, needs_out=True)
+    if out is None:  # streamed to stdout as each query is done
+        from delfx.index.search import run_search
+        from delfx.index.search_job import write_results
+        results = run_search(index_dir, gallery_dir, queries, settings,
+                             exclude_self=exclude_self, global_shortlist=global_shortlist,
+                             global_model_dir=global_model_dir)
+        write_results(sys.stdout, fmt, results)
+        return
+    from delfx.index.search_job import run_search_job
+    with data_only_stdout():
+        summary = run_search_job(index_dir, gallery_dir, queries, out, fmt=fmt,
+                                 settings=settings, exclude_self=exclude_self,
+                                 global_shortlist=global_shortlist,
+                                 global_model_dir=global_model_dir, ray=ray, workers=workers,
+                                 chunk_size=chunk_size)
+    click.echo(jsonlib.dumps(summary) if as_json else
+               f"{out}: {summary['queries']} queries ({summary['chunks_resumed']} of "
+               f"{summary['chunks']} chunks resumed), {summary['executor']}, "
+               f"{summary['workers']} worker(s), {summary['seconds']:.1f} s")
 
 
 @click.command()

@@ -75,3 +75,43 @@ class _Finite(click.ParamType):
 
 
 FINITE = _Finite()
+
+
+def job_options(func):
+    """Options of a query job (search, classify): where it runs, its workers and chunks."""
+    options = [
+        click.option("--ray/--no-ray", "on_ray", default=False,
+                     help="Run the queries on Ray workers (a local instance on 127.0.0.1 unless "
+                          "--address; an index in parts is one actor per part) [--no-ray: in "
+                          "this process]."),
+        click.option("--address", default=None, help="Ray cluster to join with --ray (every "
+                     "node must read the gallery, index and queries at the same paths)."),
+        click.option("--workers", type=POSITIVE, default=None, help="Ray workers [as many as "
+                     "the cluster's CPUs hold]."),
+        click.option("--chunk-size", type=POSITIVE, default=None, help="Queries per chunk (a "
+                     "resume redoes at most the chunks in flight) [32]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def job_ray(on_ray: bool, address: str | None, workers: int | None, out,
+            needs_out: bool) -> dict | None:
+    """The Ray settings of a query job (None: in this process), the options checked."""
+    if address and not on_ray:
+        raise click.UsageError("--address joins a Ray cluster for --ray")
+    if workers and not on_ray:
+        raise click.UsageError("--workers is for --ray")
+    if on_ray and needs_out and out is None:
+        raise click.UsageError("--ray needs --out (a job writes its output once every chunk "
+                               "is done)")
+    return {"address": address} if on_ray else None
+
+
+def data_only_stdout():
+    """A block whose stray prints go to stderr: Ray prints worker-death notices with print(),
+    and stdout is for the command's data alone."""
+    import contextlib
+    import sys
+    return contextlib.redirect_stdout(sys.stderr)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from delfx.commands.options import FINITE, POSITIVE, RATE
+from delfx.commands.options import (FINITE, POSITIVE, RATE, data_only_stdout, job_options,
+                                   job_ray)
 from delfx.config import (CLASSIFIER_HEADS, CLASSIFY_MODES, MATCHERS, RANSAC_MODELS,
                           TRAIN_MODEL_NAMES)
 from delfx.recognition.chance import DEFAULT_PAIRS as DEFAULT_CHANCE_PAIRS  # numpy only
@@ -142,10 +143,7 @@ def train(input_path: Path, labels_csv: Path, out_dir: Path, model_name: str, ov
               help="Images known not to be landmarks (a feature set of the gallery's model, or "
               "images): evidence against a landmark, like the gallery's own non-landmark "
               "images (an empty landmark in GALLERY_LABELS).")
-@click.option("--ray", "on_ray", is_flag=True, help="An index in parts (build-index --parts): "
-              "one Ray actor per part (a local Ray instance on 127.0.0.1 unless --address).")
-@click.option("--address", default=None, help="Ray cluster to join with --ray (every node must "
-              "read the index folder at the same path).")
+@job_options
 def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, mode: str,
              classifier_dir: Path | None, index_dir: Path | None, calibration: Path | None,
              calibrate: bool, evidence: Path | None, min_score: float | None, top_k: int,
@@ -155,26 +153,31 @@ def classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, 
              rank_by: str | None,
              chance_pairs: int,
              no_non_landmark_penalty: bool, max_per_landmark: int, exclude_self: bool,
-             non_landmarks: Path | None, on_ray: bool, address: str | None) -> None:
-    """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly)."""
+             non_landmarks: Path | None, on_ray: bool, address: str | None,
+             workers: int | None, chunk_size: int | None) -> None:
+    """Recognise the landmark of QUERIES (a feature set, or images extracted on the fly).
+
+    A resumable job: a killed or interrupted run, run again with the same arguments, finishes
+    the chunks of queries not done yet (kept in .OUT.delfx-job/ beside OUT).
+    """
     from delfx.recognition.classify import run_classify
-    if address and not on_ray:
-        raise click.UsageError("--address joins a Ray cluster for --ray")
-    summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
-                           classifier_dir=classifier_dir, index_dir=index_dir,
-                           calibration_path=calibration, calibrate=calibrate,
-                           evidence_path=evidence, min_score=min_score, top_k=top_k,
-                           shortlist=shortlist, global_model_dir=global_model_dir,
-                           search_settings={"matcher": matcher, "k": k, "ransac": ransac,
-                                            "max_distance": max_distance,
-                                            "relative_threshold": threshold},
-                           scoring={"aggregate": aggregate, "per_class": per_class,
-                                    "scoring": scoring, "rank_by": rank_by,
-                                    "non_landmark_penalty": False if no_non_landmark_penalty
-                                    else None},
-                           chance_pairs=chance_pairs, max_per_landmark=max_per_landmark,
-                           exclude_self=exclude_self, non_landmarks=non_landmarks,
-                           ray={"address": address} if on_ray else None)
+    ray = job_ray(on_ray, address, workers, out, needs_out=False)
+    with data_only_stdout():
+        summary = run_classify(gallery_dir, gallery_labels, queries, out, mode=mode,
+                               classifier_dir=classifier_dir, index_dir=index_dir,
+                               calibration_path=calibration, calibrate=calibrate,
+                               evidence_path=evidence, min_score=min_score, top_k=top_k,
+                               shortlist=shortlist, global_model_dir=global_model_dir,
+                               search_settings={"matcher": matcher, "k": k, "ransac": ransac,
+                                                "max_distance": max_distance,
+                                                "relative_threshold": threshold},
+                               scoring={"aggregate": aggregate, "per_class": per_class,
+                                        "scoring": scoring, "rank_by": rank_by,
+                                        "non_landmark_penalty": False if no_non_landmark_penalty
+                                        else None},
+                               chance_pairs=chance_pairs, max_per_landmark=max_per_landmark,
+                               exclude_self=exclude_self, non_landmarks=non_landmarks,
+                               ray=ray, workers=workers, chunk_size=chunk_size)
     click.echo(jsonlib.dumps(summary))
 
 

@@ -16,22 +16,10 @@ from typing import Any
 
 from delfx.config import ExtractConfig
 from delfx.inputs import ImageItem
+from delfx.ray_runtime import (START_TIMEOUT_S, ClusterLost, RayActors,  # noqa: F401 (re-exported)
+                               WorkerDied)
 
 log = logging.getLogger(__name__)
-
-
-class WorkerDied(Exception):
-    """The worker process running a chunk is gone (killed, crashed, node lost)."""
-
-
-class ClusterLost(Exception):
-    """Ray itself can no longer run work (a dead raylet or GCS, an unreachable cluster)."""
-
-
-# Bounds on every wait on Ray, so that a dead cluster can never hang the driver: a worker that
-# has not loaded its model in this time is given up, and so is a cluster that answers nothing.
-START_TIMEOUT_S = 900
-CALL_TIMEOUT_S = 60
 
 
 class ExtractWorker:
@@ -122,7 +110,7 @@ class InProcessExecutor:
         pass
 
 
-class RayExecutor:
+class RayExecutor(RayActors):
     """Ray actors, each loading the model once; a local Ray instance unless given an address.
 
     The local instance listens on 127.0.0.1 only (Ray's single-machine mode), has no dashboard
@@ -134,22 +122,15 @@ class RayExecutor:
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None,
                  cpus_per_worker: float = 1, gpus_per_worker: float | None = None,
                  verbosity: int = 0, global_model: str | None = None):
+        super().__init__(address=address, num_cpus=num_cpus, verbosity=verbosity,
+                         cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
         self.config: ExtractConfig | None = None
         self.global_model = global_model
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.num_cpus = num_cpus
-        self.cpus_per_worker = cpus_per_worker
-        self.gpus_per_worker = gpus_per_worker
-        self.verbosity = verbosity
-        self.started_here = False
-        self.lost = False
         self._actor_class = None
 
     def start(self, config: ExtractConfig) -> None:
         self.config = config
-        from delfx.ray_runtime import connect
-        self.started_here = connect(self.address, num_cpus=self.num_cpus,
-                                    verbosity=self.verbosity)
+        self.connect()
         import ray
         if self.gpus_per_worker is None:
             # GPU when the cluster has one and the model runs a network (TensorFlow or PyTorch).
@@ -160,14 +141,6 @@ class RayExecutor:
         self._actor_class = ray.remote(ExtractWorker).options(
             num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0)
 
-    def capacity(self) -> int:
-        """How many workers the cluster can hold at once."""
-        import ray
-        resources = ray.cluster_resources()
-        if self.gpus_per_worker:
-            return max(1, int(resources.get("GPU", 0) // self.gpus_per_worker))
-        return max(1, int(resources.get("CPU", 1) // self.cpus_per_worker))
-
     def _new_worker(self):
         threads = max(1, int(self.cpus_per_worker))
         return self._actor_class.remote(self.config, threads, self.gpus_per_worker > 0,
@@ -176,113 +149,9 @@ class RayExecutor:
     def workers(self, count: int) -> list:
         return [self._new_worker() for _ in range(min(count, self.capacity()))]
 
-    def describe(self, worker, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
-        import ray
-        from delfx.errors import DelfxError
-        try:
-            return ray.get(worker.describe.remote(), timeout=timeout)
-        except ray.exceptions.RayActorError as exc:
-            try:
-                self.health()
-            except ClusterLost as lost:
-                raise DelfxError(f"{lost} while the workers started: nothing was written; run "
-                                 f"again to resume") from None
-            raise DelfxError(f"a worker could not start the model: {_cause(exc)}") from None
-        except ray.exceptions.GetTimeoutError:
-            self.health()
-            raise DelfxError(f"a worker did not start its model within {timeout:.0f} s (is the "
-                             f"cluster short of resources?)") from None
-
     def submit(self, worker, items: list[ImageItem]):
         return worker.process.remote([(i.image_id, i.path) for i in items])
 
-    def wait(self, handles: list, timeout: float) -> list:
-        import ray
-        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
-        return ready
-
-    def result(self, handle) -> list:
-        import ray
-        try:
-            return ray.get(handle, timeout=CALL_TIMEOUT_S)
-        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
-            raise WorkerDied(_cause(exc)) from None
-        except ray.exceptions.GetTimeoutError:
-            # A ready result that cannot be fetched: the object store (the raylet) is gone.
-            self.health()
-            raise WorkerDied(f"the result could not be fetched in {CALL_TIMEOUT_S} s") from None
-
     def replace(self, worker):
-        import ray
-        try:
-            ray.kill(worker)
-        except Exception:  # already dead
-            pass
+        self.kill(worker)
         return self._new_worker()
-
-    def health(self) -> None:
-        """Raise ClusterLost when Ray can no longer run the job.
-
-        The local instance (started here): its raylet or GCS process has died. A cluster: no
-        node is alive, or the GCS does not answer within CALL_TIMEOUT_S.
-        """
-        import ray
-        if self.started_here:
-            node = getattr(ray._private.worker, "_global_node", None)
-            dead = sorted({kind for kind, _ in (node.dead_processes() if node else [])
-                           if kind in ("raylet", "gcs_server")})
-            if dead:
-                self.lost = True
-                raise ClusterLost(f"the local Ray instance lost its {' and '.join(dead)}")
-            return
-        nodes = _bounded(ray.nodes, CALL_TIMEOUT_S)
-        if nodes is None:
-            self.lost = True
-            raise ClusterLost(f"the Ray cluster at {self.address} did not answer in "
-                              f"{CALL_TIMEOUT_S} s")
-        if not any(n.get("Alive") for n in nodes):
-            self.lost = True
-            raise ClusterLost(f"no node of the Ray cluster at {self.address} is alive")
-
-    def stop(self) -> None:
-        """Disconnect (and stop the local instance), in bounded time even when Ray is broken."""
-        import ray
-        if not ray.is_initialized():
-            return
-        if self.lost and self.started_here:
-            # Our own local instance is half dead: stop its remaining processes first, or
-            # shutdown waits on daemons that wait on the dead raylet.
-            node = getattr(ray._private.worker, "_global_node", None)
-            if node is not None:
-                try:
-                    node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
-                except Exception as exc:  # best effort: the process exits next anyway
-                    log.debug("killing the local Ray processes: %s", exc)
-        if self.started_here or self.lost:
-            if _bounded(ray.shutdown, CALL_TIMEOUT_S, done=True) is None:
-                log.warning("Ray did not shut down within %d s; leaving it", CALL_TIMEOUT_S)
-
-
-def _bounded(call, timeout: float, done=None):
-    """call() in a daemon thread; its result, or None when it did not return within `timeout`
-    (or raised). `done` is returned instead of call()'s result (for calls returning None)."""
-    import threading
-    box: list = []
-
-    def run():
-        try:
-            value = call()
-            box.append(value if done is None else done)
-        except Exception as exc:
-            log.debug("%s failed: %s", getattr(call, "__name__", call), exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return box[0] if box else None
-
-
-def _cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -15,7 +15,6 @@ import os
 import dataclasses
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from delfx.extractor.executors import ClusterLost, WorkerDied
 from delfx.extractor.plan import PLAN_NAME, REPORT_NAME, RunIdentity, RunLock, plan_shards
 from delfx.inputs import ImageItem, input_stamp
 from delfx.paths import atomic_write_json
+from delfx.progress import Progress
 from delfx.store import Manifest, ShardWriter, shard_file_name, verify
 from delfx.store.schema import MANIFEST_NAME
 from delfx.store.writer import PARTIAL_MARKER
@@ -212,36 +212,6 @@ def _changed_inputs(out_dir: Path, manifest: Manifest, plan: list[list[ImageItem
     return changed
 
 
-class _Progress:
-    """tqdm bar on a terminal; otherwise a log line every `interval` seconds."""
-
-    def __init__(self, total: int, interval: float = 10.0, enabled: bool = True):
-        self.total, self.done, self.failed = total, 0, 0
-        self.start = self.last = time.monotonic()
-        self.interval = interval
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, images: int, failed: int) -> None:
-        self.done += images
-        self.failed += failed
-        rate = self.done / max(time.monotonic() - self.start, 1e-9)
-        if self.bar is not None:
-            self.bar.update(images)
-            self.bar.set_postfix(failed=self.failed)
-        elif time.monotonic() - self.last >= self.interval:
-            self.last = time.monotonic()
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            log.info("extract: %d/%d images (%.1f/s), %d failed, ETA %.0fs", self.done,
-                     self.total, rate, self.failed, eta)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_extraction(items: list[ImageItem], config: ExtractConfig, out_dir: Path, num_shards: int,
                    executor, *, overwrite: bool = False, chunk_size: int = 16,
                    max_retries: int = 2, workers: int | None = None,
@@ -321,7 +291,8 @@ def _drive(executor, pool, plan, pending, manifest, out_dir, summary, config, de
     idle = list(pool)
     active: dict[int, _Shard] = {}
     in_flight: dict[Any, tuple[_Shard, int, Any]] = {}  # handle -> (shard, chunk, worker)
-    progress = _Progress(sum(len(plan[i]) for i in pending), enabled=progress_enabled)
+    progress = Progress(sum(len(plan[i]) for i in pending), what="extract", unit="images",
+                        enabled=progress_enabled)
     last_result = last_check = time.monotonic()
     try:
         _run(executor, plan, pending, manifest, out_dir, summary, config, descriptor_dim,

@@ -429,9 +429,13 @@ def write_index_files(folder: Path, index, mapping: Mapping, meta: IndexMeta) ->
     atomic_write_json(folder / META_FILE, meta.to_json())
 
 
-def load_index_files(folder: Path) -> tuple[IndexMeta, Any, Mapping]:
+def load_index_files(folder: Path, *, mmap: bool = False) -> tuple[IndexMeta, Any, Mapping]:
     """index.json, index.faiss and mapping.h5 of an index folder, each checked: the files'
-    sha256 against index.json, and that index, mapping and metadata describe one index."""
+    sha256 against index.json, and that index, mapping and metadata describe one index.
+
+    `mmap`: an IVF index's inverted lists are memory-mapped from index.faiss (FAISS's
+    IO_FLAG_MMAP) instead of read into memory, so the processes of one machine that search
+    it share one copy in the page cache (a query job's workers). Other indexes are read."""
     import faiss
     folder = Path(folder)
     meta = IndexMeta.load(folder)
@@ -444,7 +448,8 @@ def load_index_files(folder: Path) -> tuple[IndexMeta, Any, Mapping]:
             raise DelfxError(f"{path}: sha256 differs from index.json (the file was altered "
                              f"after it was written); {advice}")
     try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
+        flags = faiss.IO_FLAG_MMAP if mmap and "IVF" in meta.factory else 0
+        index = faiss.read_index(str(folder / INDEX_FILE), flags)
     except RuntimeError as exc:
         raise DelfxError(f"{folder / INDEX_FILE}: unreadable FAISS index "
                          f"({str(exc).strip().splitlines()[-1]}); {advice}") from None
@@ -523,10 +528,10 @@ class ImageTablePositions:
 class GalleryIndex(ImageTablePositions):
     """A loaded index: k nearest gallery keypoints for query descriptors (GPU when present)."""
 
-    def __init__(self, index_dir: Path, *, nprobe: int | None = None):
+    def __init__(self, index_dir: Path, *, nprobe: int | None = None, mmap: bool = False):
         import faiss
         self.folder = Path(index_dir)
-        self.meta, index, self.mapping = load_index_files(self.folder)
+        self.meta, index, self.mapping = load_index_files(self.folder, mmap=mmap)
         self.nprobe = nprobe or self.meta.nprobe
         self.gpu = gpu_count() > 0
         if "IVF" in self.meta.factory:

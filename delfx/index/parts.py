@@ -187,15 +187,23 @@ class IndexParts(ImageTablePositions):
         nprobe: IVF lists searched per query (default: the one saved).
         ray: None to search the parts in this process; else a dict of Ray settings
             ({"address": ..., "verbosity": ...}): one actor per part, one CPU each.
+        searchers: the part actors of an IndexParts opened with `ray` (`.searchers`), to
+            share them (from a query job's workers) instead of loading the parts again.
     """
 
     def __init__(self, folder: Path, *, nprobe: int | None = None,
-                 ray: dict[str, Any] | None = None):
+                 ray: dict[str, Any] | None = None, searchers: list | None = None):
         self.folder = Path(folder)
         self.data = read_parts(self.folder)
         folders = part_folders(self.folder, self.data)
         self.started_ray = False
-        if ray is None:
+        if searchers is not None:  # the actors of another IndexParts (a query job's workers)
+            import ray as ray_module
+            self._searchers = list(searchers)
+            described = ray_module.get([s.describe.remote() for s in self._searchers],
+                                       timeout=PLACE_TIMEOUT_S)
+            self._remote = True
+        elif ray is None:
             self._searchers = [PartSearcher(str(f), nprobe) for f in folders]
             described = [s.describe() for s in self._searchers]
             self._remote = False
@@ -207,9 +215,11 @@ class IndexParts(ImageTablePositions):
             import ray as ray_module
             # A part is memory held for searches: one CPU each where the cluster has them, a
             # share of them where it has fewer CPUs than parts (every part must be placed).
+            # Shared by a query job's workers ("part_cpus": 0), it claims none: a worker waits
+            # while its parts search, so the CPUs are the workers' to count.
             cpus = ray_module.cluster_resources().get("CPU", 1)
-            actor = ray_module.remote(PartSearcher).options(
-                num_cpus=min(1.0, cpus / len(folders)), max_restarts=0)
+            share = ray.get("part_cpus", min(1.0, cpus / len(folders)))
+            actor = ray_module.remote(PartSearcher).options(num_cpus=share, max_restarts=0)
             self._searchers = [actor.remote(str(f.resolve()), nprobe) for f in folders]
             try:
                 described = ray_module.get([s.describe.remote() for s in self._searchers],
@@ -242,6 +252,11 @@ class IndexParts(ImageTablePositions):
         log.info("index %s: %d parts, %d vectors, %s, %s", self.folder, len(folders),
                  self.meta.num_vectors, self.meta.factory,
                  "one Ray actor per part" if self._remote else "in this process")
+
+    @property
+    def searchers(self) -> list:
+        """The part actors (an index opened with `ray`), for other processes to share."""
+        return list(self._searchers) if self._remote else []
 
     @property
     def num_parts(self) -> int:
@@ -281,13 +296,15 @@ def merge(answers: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], offsets:
     return take(distances), take(images), take(rows)
 
 
-def open_index(folder: Path, *, nprobe: int | None = None, ray: dict[str, Any] | None = None):
-    """A GalleryIndex, or an IndexParts when the folder holds an index in parts. `ray` applies
-    to an index in parts only (a single index is one process's by nature)."""
+def open_index(folder: Path, *, nprobe: int | None = None, ray: dict[str, Any] | None = None,
+               searchers: list | None = None, mmap: bool = False):
+    """A GalleryIndex, or an IndexParts when the folder holds an index in parts. `ray` and
+    `searchers` apply to an index in parts only (a single index is one process's by nature);
+    `mmap` to a single index (see GalleryIndex)."""
     if is_parts_dir(folder):
-        return IndexParts(folder, nprobe=nprobe, ray=ray)
+        return IndexParts(folder, nprobe=nprobe, ray=ray, searchers=searchers)
     if ray is not None:
         raise DelfxError(f"{folder} is a single index: searching on Ray needs an index in parts "
                          f"(build-index --parts N)")
-    return GalleryIndex(folder, nprobe=nprobe)
+    return GalleryIndex(folder, nprobe=nprobe, mmap=mmap)
 

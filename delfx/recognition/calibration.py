@@ -47,8 +47,13 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path) -> "Calibration":
-        data = read_json_artifact(path, FORMAT_NAME, {FORMAT_VERSION}, what="delfx calibration",
-                                  advice="fit it again (classify --calibrate)")
+        return cls.from_json(read_json_artifact(path, FORMAT_NAME, {FORMAT_VERSION},
+                                                what="delfx calibration",
+                                                advice="fit it again (classify --calibrate)"))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Calibration":
+        """The calibration of a checked `to_json()` dict."""
         return cls(data["names"], np.array(data["mean"]), np.array(data["scale"]),
                    np.array(data["coef"]), float(data["intercept"]), data.get("fitted_on", {}))
 

@@ -69,6 +69,11 @@ class ChanceModel:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> "ChanceModel":
+        return cls(tuple(data["matches"]), tuple(data["level"]), int(data["pairs"]),
+                   float(data["z"]))
+
 
 def fit_chance(samples: Sequence[tuple[int, int]], *, z: float = DEFAULT_Z,
                bins: int = 5) -> ChanceModel:

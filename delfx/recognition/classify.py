@@ -15,14 +15,12 @@ import numpy as np
 from delfx.errors import DelfxError
 from delfx.evaluate import write_submission
 from delfx.extractor.queries import Queries
-from delfx.labels import read_labels
 from delfx.metrics import Prediction
 from delfx.paths import atomic_text_output
 from delfx.recognition.calibration import Calibration, fit_logistic
 from delfx.recognition.chance import measure_chance
-from delfx.recognition.recognize import FEATURES, RecognitionConfig, Recognizer
+from delfx.recognition.recognize import FEATURES, Recognizer
 from delfx.recognition.scoring import Answer, demote_frequent
-from delfx.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +28,6 @@ MAX_CALIBRATION_QUERIES = 400
 # Below these, a calibration's probabilities are not to be trusted (measured on photos outside
 # the project: a calibration fitted on 12 answers lowered GAP from 0.67 to 0.63): it warns.
 TRUSTED_ANSWERS, TRUSTED_PER_OUTCOME = 40, 10
-# A classifier with fewer training images per class than this is warned about (fused mode lowered
-# GAP with 1-3 photos per class).
-TRUSTED_IMAGES_PER_CLASS = 5
 
 
 def calibration_queries(recognizer: Recognizer, labels: dict[str, str | None],
@@ -102,28 +97,6 @@ def warn_untrusted_calibration(answers: int, right: int) -> bool:
     return True
 
 
-def warn_untrusted_classifier(classifier, source) -> bool:
-    """Warn (and say True) when a classifier's proposals cannot be trusted: trained on too
-    few images per class, without validation images, or no better than chance on them."""
-    info = getattr(classifier, "info", {}) or {}
-    data, training = info.get("data", {}), info.get("training", {})
-    classes = int(info.get("num_classes") or len(getattr(classifier, "labels", [])) or 0)
-    train_images = int(data.get("train_images") or 0)
-    accuracy = training.get("val_accuracy")
-    reasons = []
-    if classes and train_images < TRUSTED_IMAGES_PER_CLASS * classes:
-        reasons.append(f"{train_images} training images for {classes} classes "
-                       f"(< {TRUSTED_IMAGES_PER_CLASS} per class)")
-    if accuracy is None:
-        reasons.append("no validation images, so its accuracy is unknown")
-    elif classes and accuracy <= 2.0 / classes:
-        reasons.append(f"validation accuracy {accuracy:.3f}, about chance (1/{classes})")
-    if reasons:
-        log.warning("classifier %s: %s: its proposals may lower GAP; consider --mode retrieval",
-                    source, "; ".join(reasons))
-    return bool(reasons)
-
-
 def verification_settings(search) -> dict[str, Any]:
     """What makes inlier counts comparable: the features and how they are matched and verified.
     A calibration learns what an inlier count means; with other settings it means otherwise."""
@@ -153,27 +126,6 @@ def check_calibration_settings(calibration: Calibration, config, chance, path) -
                          f"{', '.join(differ)}; fit one with --calibrate")
 
 
-def gallery_labels_of(gallery: FeatureSet, labels: dict[str, str | None], source) -> dict:
-    """The labels of the gallery's images. Refuses labels that match no gallery image; warns,
-    with counts, about labelled ids the gallery lacks and gallery images without a label."""
-    in_gallery = set(gallery.image_ids)
-    kept = {i: label for i, label in labels.items() if i in in_gallery}
-    if not any(kept.values()):
-        example = next(iter(labels), None)
-        there = gallery.image_ids[0] if gallery.image_ids else None
-        raise DelfxError(f"{source}: no landmark label is for an image of the gallery "
-                         f"{gallery.root} ({len(labels)} labelled ids, e.g. {example!r}; gallery "
-                         f"ids look like {there!r}): are they the same ids?")
-    if len(kept) < len(labels):
-        log.warning("%d of %d labelled ids are not in the gallery %s: ignored", len(labels) -
-                    len(kept), len(labels), gallery.root)
-    unlabelled = len(in_gallery) - len(kept)
-    if unlabelled:
-        log.warning("%d of %d gallery images have no row in %s: they never vote for a landmark",
-                    unlabelled, len(in_gallery), source)
-    return kept
-
-
 def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Path, *,
                  mode: str = "fused", classifier_dir: Path | None = None,
                  index_dir: Path | None = None, calibration_path: Path | None = None,
@@ -184,8 +136,15 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                  scoring: dict[str, Any] | None = None, chance_pairs: int = 0,
                  max_per_landmark: int = 0, exclude_self: bool = False,
                  memo=None, non_landmarks: Path | None = None,
-                 ray: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Recognise every query and write the submission.
+                 ray: dict[str, Any] | None = None, workers: int | None = None,
+                 chunk_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Recognise every query and write the submission: a resumable query job (delfx.query_job)
+    in this process, or on Ray workers.
+
+    The chance model and the calibration need the labelled gallery as a whole: they are
+    measured and fitted here, on the driver, first; the workers get them with the spec.
+    Frequency demotion needs every answer: it runs here too, over the recorded rows, when the
+    submission is written. So the submission is the same bytes in process and on Ray.
 
     Args:
         queries: a query feature set, or images (extracted with the gallery's model and config;
@@ -207,106 +166,126 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
             otherwise no query pair can come twice, and hashing and keeping them is waste.
         non_landmarks: images known not to be landmarks, apart from the gallery (a feature set
             of its model, or images): non_landmarks.NonLandmarks.
-        ray: an index in parts searched with one Ray actor per part ({"address": ...}).
+        ray: None: in this process; else {"address": ...}: Ray workers (a local instance on
+            127.0.0.1 unless an address); an index in parts is one actor per part, shared.
+        workers, chunk_size: Ray workers (default: as many as the cluster's CPUs hold) and
+            queries per chunk (query_job.DEFAULT_CHUNK_SIZE).
     """
-    from delfx.index.faiss_index import check_compatible
-    from delfx.index.search import SearchConfig, VerificationMemo
+    from delfx.index.search import VerificationMemo
+    from delfx.query_job import DEFAULT_CHUNK_SIZE, InProcessPool, RayPool, run_query_job
+    from delfx.recognition.setup import ClassifyProcessor, RecognitionSetup, make_processor
+    started = time.monotonic()
     if (scoring or {}).get("scoring") == "delg" and mode != "shortlist":
         raise DelfxError("--scoring delg needs --mode shortlist (it weighs each image's global "
                          "similarity)")
-    gallery = FeatureSet(gallery_dir, require_complete=False)
-    labels = gallery_labels_of(gallery, read_labels(gallery_labels), gallery_labels)
-    query_set = Queries(queries, gallery)  # cheap checks before any model is loaded
-    classifier = index = global_index = global_model = None
-    if global_model_dir is not None:
-        from delfx.globalnet.model import load_global_model
-        global_model = load_global_model(global_model_dir)
-    if mode in ("classifier", "fused"):
-        if classifier_dir is None:
-            raise DelfxError(f"--mode {mode} needs --classifier (from `delfx train`)")
-        from delfx.globalnet.model import is_global_model_dir, load_global_model
-        if is_global_model_dir(classifier_dir):
-            classifier = global_model = load_global_model(classifier_dir)
+    resolved = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
+    spec = {"gallery": resolved(gallery_dir), "labels": resolved(gallery_labels),
+            "queries": resolved(queries), "mode": mode, "classifier": resolved(classifier_dir),
+            "index": resolved(index_dir), "global_model": resolved(global_model_dir),
+            "non_landmarks": resolved(non_landmarks), "top_k": top_k, "min_score": min_score,
+            "shortlist": shortlist, "search_settings": search_settings, "scoring": scoring,
+            "exclude_self": exclude_self}
+    setup = RecognitionSetup(spec, ray={**ray, "part_cpus": 0} if ray is not None else None)
+    try:
+        config, labels, index = setup.config, setup.labels, setup.index
+        given_memo = memo is not None
+        if memo is None and (calibrate or chance_pairs):
+            memo = VerificationMemo()
+        chance = None
+        if chance_pairs and mode != "classifier" and config.scoring == "inliers":
+            chance = measure_chance(setup.gallery, labels, setup.search, index=index,
+                                    pairs=chance_pairs, memo=memo)
+        recognizer = setup.recognizer(chance=chance, memo=memo)
+        calibration = None
+        if calibrate:
+            ids = calibration_queries(recognizer, labels, setup.classifier)
+            calibration = fit_calibration(recognizer, labels, ids)
+            if calibration_path is not None:
+                calibration.save(calibration_path)
+        elif calibration_path is not None:
+            calibration = Calibration.load(calibration_path)
+            fitted_mode = calibration.fitted_on.get("mode", mode)
+            if fitted_mode != mode or not set(calibration.names) <= set(FEATURES[mode]):
+                raise DelfxError(f"{calibration_path}: calibration is for features "
+                                 f"{calibration.names} (fitted in mode "
+                                 f"{calibration.fitted_on.get('mode', '?')}), --mode {mode} "
+                                 f"gives {FEATURES[mode]}: fit one with --calibrate")
+            check_calibration_settings(calibration, config, chance, calibration_path)
+        recognizer = recognizer.twin(calibration=calibration)
+        if not (given_memo or exclude_self):
+            recognizer.memo = None  # no query pair can come twice: nothing to hash or keep
+        digests = _input_digests(spec, setup)
+        identity = {"job": "classify", "digests": digests,
+                    "settings": {k: v for k, v in spec.items() if k not in (
+                        "gallery", "labels", "queries", "classifier", "index", "global_model",
+                        "non_landmarks")},
+                    "chance": chance.to_json() if chance is not None else None,
+                    "calibration": calibration.to_json() if calibration is not None else None}
+        if ray is None:
+            pool = InProcessPool(lambda: ClassifyProcessor(recognizer, setup.query_set,
+                                                           setup.global_model, exclude_self))
         else:
-            from delfx.classifier.model import load_classifier
-            classifier = load_classifier(classifier_dir)
-            classifier.check_features(gallery.manifest)
-        warn_untrusted_classifier(classifier, classifier_dir)
-    if mode == "shortlist":
-        from delfx.index.global_index import GlobalIndex
-        global_index = (GlobalIndex.load(index_dir) if index_dir is not None and
-                        GlobalIndex.exists(index_dir) else GlobalIndex.from_feature_set(gallery))
-        if global_model is not None:
-            global_index.check_query_model(global_model.describe(), str(global_model_dir))
-    if mode in ("retrieval", "fused"):
-        if index_dir is None:
-            raise DelfxError(f"--mode {mode} needs --index (from `delfx build-index`)")
-        from delfx.index.parts import open_index
-        index = open_index(index_dir, ray=ray)  # a single index or one in parts
-        check_compatible(index.meta, gallery, index_dir)
-    search = SearchConfig.for_model(gallery.manifest.model_id,
-                                    **{"shortlist": shortlist, **(search_settings or {})})
-    config = RecognitionConfig(mode=mode, top_k=top_k, min_score=min_score, search=search,
-                               shortlist=shortlist,
-                               **{k: v for k, v in (scoring or {}).items() if v is not None})
-    given_memo = memo is not None
-    if memo is None and (calibrate or chance_pairs):
-        memo = VerificationMemo()
-    known = None
-    if non_landmarks is not None:
-        if mode == "classifier":
-            raise DelfxError("--non-landmarks needs verification: --mode retrieval, fused or "
-                             "shortlist")
-        from delfx.recognition.non_landmarks import NonLandmarks
-        known = NonLandmarks(non_landmarks, gallery)
-    chance = None
-    if chance_pairs and mode != "classifier" and config.scoring == "inliers":
-        chance = measure_chance(gallery, labels, search, index=index, pairs=chance_pairs,
-                                memo=memo)
-    recognizer = Recognizer(gallery, labels, index=index, classifier=classifier, config=config,
-                            global_index=global_index, chance=chance, memo=memo,
-                            non_landmarks=known)
-    calibration = None
-    if calibrate:
-        ids = calibration_queries(recognizer, labels, classifier)
-        calibration = fit_calibration(recognizer, labels, ids)
-        if calibration_path is not None:
-            calibration.save(calibration_path)
-    elif calibration_path is not None:
-        calibration = Calibration.load(calibration_path)
-        fitted_mode = calibration.fitted_on.get("mode", mode)
-        if fitted_mode != mode or not set(calibration.names) <= set(FEATURES[mode]):
-            raise DelfxError(f"{calibration_path}: calibration is for features {calibration.names} "
-                             f"(fitted in mode {calibration.fitted_on.get('mode', '?')}), --mode "
-                             f"{mode} gives {FEATURES[mode]}: fit one with --calibrate")
-        check_calibration_settings(calibration, config, chance, calibration_path)
-    recognizer = recognizer.twin(calibration=calibration)
-    if not (given_memo or exclude_self):
-        recognizer.memo = None  # no query pair can come twice: nothing to hash or keep
-    results, start = [], time.perf_counter()
-    for query in query_set.records(global_model):
-        results.append(recognizer.recognize(query, exclude_self=exclude_self))
-    getattr(index, "close", lambda: None)()  # an index in parts on Ray: its actors
-    answers = demote_frequent([Answer(r.query, r.label, r.score) for r in results],
+            worker_spec = {**spec, "digests": digests, "chance": identity["chance"],
+                           "calibration": identity["calibration"],
+                           "searchers": getattr(index, "searchers", None) or None}
+            pool = RayPool(make_processor, worker_spec, address=ray.get("address"),
+                           verbosity=ray.get("verbosity", 0),
+                           connected=bool(getattr(index, "started_ray", False)))
+        written: dict[str, Any] = {}
+
+        def write(rows) -> None:
+            written.update(_write_outputs(rows, out, evidence_path, max_per_landmark))
+
+        job = run_query_job(setup.query_set.job_items(), out, identity, pool, write=write,
+                            what="classify", chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                            workers=workers, progress=progress, started=started)
+    finally:
+        setup.close()
+    queries_done = written["queries"]
+    return {"out": str(out), "mode": mode, **written,
+            "calibrated": calibration is not None,
+            "scoring": scoring_settings(config, chance),
+            "non_landmark_images": {"gallery": sum(1 for v in labels.values() if not v),
+                                    "apart": len(setup.non_landmarks)
+                                    if setup.non_landmarks is not None else 0},
+            "chance": chance.to_json() if chance is not None else None,
+            "seconds_per_query": job.seconds / queries_done if queries_done else None,
+            "job": job.to_json()}
+
+
+def _input_digests(spec: dict[str, Any], setup) -> dict[str, str | None]:
+    """What identifies the content of a classify run's inputs (see query_job)."""
+    from delfx.digests import file_sha256, folder_sha256
+    from delfx.index.search_job import index_digest
+    from delfx.store.schema import MANIFEST_NAME
+    folder = lambda p: folder_sha256(p) if p is not None else None  # noqa: E731
+    non_landmarks = None
+    if spec["non_landmarks"] is not None:
+        non_landmarks = Queries(Path(spec["non_landmarks"]), setup.gallery).digest()
+    return {"gallery": file_sha256(Path(spec["gallery"]) / MANIFEST_NAME),
+            "labels": file_sha256(spec["labels"]), "queries": setup.query_set.digest(),
+            "index": index_digest(Path(spec["index"])) if spec["index"] else None,
+            "classifier": folder(spec["classifier"]), "global_model": folder(spec["global_model"]),
+            "non_landmarks": non_landmarks}
+
+
+def _write_outputs(rows, out: Path, evidence_path: Path | None, max_per_landmark: int
+                   ) -> dict[str, Any]:
+    """The submission (and the evidence) from every query's Recognition row, in query order,
+    after frequency demotion over the whole batch; what was written, for the summary."""
+    results = [row for _, row in rows]
+    answers = demote_frequent([Answer(r["query"], r["label"], r["score"]) for r in results],
                               max_per_landmark)
-    demoted = sum(1 for a, r in zip(answers, results) if a.score != r.score)
     predictions = [Prediction(a.query, a.label, a.score) for a in answers]
     with contextlib.ExitStack() as stack:
         if evidence_path:
             evidence = stack.enter_context(atomic_text_output(evidence_path))
-            for result, answer in zip(results, answers):
-                row = result.to_json()
-                if answer.score != result.score:
-                    row["demoted_score"] = answer.score
+            for row, answer in zip(results, answers):
+                if answer.score != row["score"]:
+                    row = {**row, "demoted_score": answer.score}
                 evidence.write(json.dumps(row) + "\n")
         write_submission(out, predictions)
-    seconds = time.perf_counter() - start
     answered = sum(1 for p in predictions if p.label)
-    return {"out": str(out), "mode": mode, "queries": len(predictions), "answered": answered,
+    return {"queries": len(predictions), "answered": answered,
             "unanswered": len(predictions) - answered,
-            "calibrated": calibration is not None, "demoted": demoted,
-            "scoring": scoring_settings(config, chance),
-            "non_landmark_images": {"gallery": sum(1 for v in labels.values() if not v),
-                                    "apart": len(known) if known is not None else 0},
-            "chance": chance.to_json() if chance is not None else None,
-            "seconds_per_query": seconds / len(predictions) if predictions else None}
+            "demoted": sum(1 for a, r in zip(answers, results) if a.score != r["score"])}

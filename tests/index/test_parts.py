@@ -128,19 +128,22 @@ def test_overwrite_replaces_only_delfx_own_parts(gallery, tmp_path):
 
 @pytest.mark.slow
 def test_search_on_ray_actors_equals_in_process(gallery, tmp_path):
-    """`delfx search --ray` (a local Ray instance this test's delfx starts, one actor per
-    part) prints exactly what the in-process search prints."""
+    """`delfx search --ray --out` (a local Ray instance this test's delfx starts, one actor
+    per part shared by the job's workers) writes exactly what the in-process search prints."""
     build_index_parts(gallery, tmp_path / "parts", 3, factory="IVF16,SQ8", nprobe=4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     cmd = [sys.executable, "-m", "delfx", "search", str(tmp_path / "parts"), str(gallery),
            str(gallery), "--exclude-self"]
     local = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    on_ray = subprocess.run(cmd + ["--ray"], capture_output=True, text=True, env=env,
-                            timeout=300)
+    on_ray = subprocess.run(cmd + ["--ray", "--out", str(tmp_path / "ray.jsonl"), "--json",
+                                   "--chunk-size", "4"],
+                            capture_output=True, text=True, env=env, timeout=300)
     assert local.returncode == 0, local.stderr[-2000:]
     assert on_ray.returncode == 0, on_ray.stderr[-2000:]
-    assert on_ray.stdout == local.stdout and len(local.stdout.splitlines()) >= 30
+    assert json.loads(on_ray.stdout)["workers"] == 2  # the cluster's 2 CPUs; parts claim none
+    assert (tmp_path / "ray.jsonl").read_text() == local.stdout
+    assert len(local.stdout.splitlines()) >= 30
 
 
 SEARCH_ON = """
