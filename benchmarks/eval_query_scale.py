@@ -311,6 +311,17 @@ def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConf
             "rows": rows, "global_search": search, "glr": estimate, "load_average": load}
 
 
+def keep_earlier_rows(results: dict[str, Any], earlier: dict[str, Any], source: str
+                      ) -> dict[str, Any]:
+    """`results` with the rows of `earlier` whose gallery sizes it lacks, each marked, ordered
+    by size (the GLR estimate stays this run's: its largest size)."""
+    rows = {size: {**row, "from_earlier_run": source}
+            for size, row in earlier.get("rows", {}).items() if size not in results["rows"]}
+    rows.update(results["rows"])
+    return {**results, "rows": dict(sorted(rows.items(), key=lambda kv: int(kv[0]))),
+            "params": {**results["params"], "kept_rows_from": source if rows else None}}
+
+
 def table_for(results: dict[str, Any]) -> list[tuple[str, str]]:
     p, glr = results["params"], results["glr"]
     table = [("gallery", f"{p['gallery_images']} views of real photos ({p['model']}, "
@@ -320,7 +331,8 @@ def table_for(results: dict[str, Any]) -> list[tuple[str, str]]:
              ("load", load_text(results["load_average"]))]
     for images, r in results["rows"].items():
         head = f"{int(images):,} images ({r['features'] / 1e6:.1f}M descriptors, store " \
-               f"{r['bytes'] / 1e9:.1f} GB)"
+               f"{r['bytes'] / 1e9:.1f} GB)" + (" [earlier run]" if r.get("from_earlier_run")
+                                                else "")
         if r["local"]:
             loc = r["local"]
             table.append((f"{head} local", f"{loc['s_per_query_mean']:.3f} s/query (vote "
@@ -376,6 +388,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parts", type=int, default=2, help="also build the local index in "
                         "this many parts and search them in process and on Ray (default 2; "
                         "1: not)")
+    parser.add_argument("--keep", type=Path, help="an earlier run's --json: its rows of the "
+                        "gallery sizes not run now are kept (marked as from that run), so one "
+                        "long size can be run alone")
     parser.add_argument("--child", choices=(*LOCAL_PATHS, "global"), help=argparse.SUPPRESS)
     parser.add_argument("--child-gallery", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-index", type=Path, help=argparse.SUPPRESS)
@@ -408,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sizes = [2 * n, 4 * n]
         results = evaluate(work, data_dir, args.quick, config, sizes,
                            args.local_max if not args.quick else 4 * 10**6, args.parts)
+    if args.keep:
+        results = keep_earlier_rows(results, json.loads(args.keep.read_text()), args.keep.name)
     emit("query_scale", results, table_for(results), args.json)
     return results
 

@@ -249,7 +249,10 @@ def run_classify(gallery_dir: Path, gallery_labels: Path, queries: Path, out: Pa
                                     "apart": len(setup.non_landmarks)
                                     if setup.non_landmarks is not None else 0},
             "chance": chance.to_json() if chance is not None else None,
-            "seconds_per_query": job.seconds / queries_done if queries_done else None,
+            # the queries' own time: loading, the chance model and the calibration are the
+            # job's start-up
+            "seconds_per_query": (job.seconds - job.startup_seconds) / queries_done
+            if queries_done and job.chunks_run else None,
             "job": job.to_json()}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.support.broken_images import write_broken_images, write_good_images
+from tests.support.processes import busy_worker, kill_tree
 from tests.support.ray_cluster import CLUSTER
 from delfx.store import FeatureSet, shard_file_name, verify
 
@@ -146,59 +147,13 @@ def reference(images, tmp_path_factory):
     return _contents(out)
 
 
-def _descendants(pid: int) -> list:
-    """The processes a test started (`pid`) and everything they started: the only ones a test
-    may signal (never a process found by name: it may belong to someone else's run)."""
-    import psutil
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _busy_worker(proc, timeout: float = 240):
-    """Our own Ray worker while it extracts (Ray titles it `ray::ExtractWorker.process`)."""
-    import psutil
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before a worker could be killed"
-        for child in _descendants(proc.pid):
-            try:
-                if "ray::ExtractWorker.process" in " ".join(child.cmdline()):
-                    return child
-            except psutil.Error:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("no worker of this run started extracting in time")
-
-
-def _kill_tree(proc) -> None:
-    """SIGKILL a driver we started and every process it started (Ray's daemons outlive a
-    killed driver, re-parented to init); wait until all of them are gone."""
-    import psutil
-    family = _descendants(proc.pid)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 60
-    while family and time.monotonic() < deadline:
-        more = []
-        for p in family:
-            more += _descendants(p.pid)  # started by them meanwhile (a restarted worker)
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(family + more, timeout=5)
-        family = alive + [p for p in more if p not in alive and p.is_running()]
-
-
 def test_killed_worker_is_replaced(images, tmp_path, reference):
     out = tmp_path / "features"
     proc = subprocess.Popen(DELFX + ["extract", str(images), str(out), "--shards", "6",
                                      "--chunk-size", "1", "--json", *SLOW_MODEL],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     _wait_for_shards(out, proc, 1)
-    _busy_worker(proc).kill()
+    busy_worker(proc, "ray::ExtractWorker.process").kill()
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)  # only data on stdout, even when Ray reports the dead worker
@@ -213,7 +168,7 @@ def test_killed_driver_resumes_to_the_same_content(images, tmp_path, reference):
                                      "--chunk-size", "1", *SLOW_MODEL],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     _wait_for_shards(out, proc, 2)
-    _kill_tree(proc)
+    kill_tree(proc)
     done_before = len(json.loads((out / "manifest.json").read_text())["shards"])
     assert done_before < 6
     summary = _summary(_extract(images, out, "--shards", "6", "--chunk-size", "1", *SLOW_MODEL))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from delfx.query_job import job_folder
-from tests.extractor.test_extract_job import _descendants, _kill_tree
+from tests.support.processes import busy_worker, kill_tree
 from tests.support.cli import invoke, write_split_lists
 from tests.support.ray_cluster import CLUSTER
 
@@ -117,28 +117,12 @@ def _wait_for_chunks(out: Path, proc, at_least: int, timeout: float = 300) -> No
     raise AssertionError("no chunk was recorded in time")
 
 
-def _busy_worker(proc, timeout: float = 240):
-    """Our own query-job worker while it runs a chunk (Ray titles it so)."""
-    import psutil
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before a worker could be killed"
-        for child in _descendants(proc.pid):
-            try:
-                if "ray::ChunkWorker.process" in " ".join(child.cmdline()):
-                    return child
-            except psutil.Error:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("no worker of this run started a chunk in time")
-
-
 def test_killed_worker_is_replaced(world, reference, tmp_path):
     out = tmp_path / "search.jsonl"
     proc = subprocess.Popen(DELFX + [*map(str, _search(world, out, "--ray"))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     _wait_for_chunks(out, proc, 1)
-    _busy_worker(proc).kill()
+    busy_worker(proc, "ray::ChunkWorker.process").kill()
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)  # only data on stdout, even when Ray reports the dead worker
@@ -152,7 +136,7 @@ def test_killed_driver_resumes_to_the_same_output(world, sample_dataset, referen
     proc = subprocess.Popen(DELFX + [*map(str, _classify(world, sample_dataset, out, "--ray"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     _wait_for_chunks(out, proc, 2)
-    _kill_tree(proc)
+    kill_tree(proc)
     done_before = len(list(job_folder(out).glob("chunk-*.json")))
     assert done_before >= 2 and not out.exists()
     summary = json.loads(_run(*_classify(world, sample_dataset, out, "--ray")).stdout)
