@@ -189,6 +189,15 @@ class RayPool(RayActors):
     def submit(self, worker, chunk: list[Item]):
         return worker.process.remote(chunk)
 
+    def result(self, handle) -> list:
+        import ray
+        try:
+            return super().result(handle)
+        except ray.exceptions.RayTaskError as exc:  # the chunk raised on a live worker
+            lines = str(exc).strip().splitlines()
+            raise DelfxError(f"a chunk failed on its worker: {lines[-1] if lines else exc}; "
+                             f"the chunks done are kept: run again to resume") from None
+
     def replace(self, worker):
         self.kill(worker)
         return self._new_worker()

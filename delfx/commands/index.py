@@ -120,13 +120,18 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
 @click.option("--matcher", type=click.Choice(MATCHERS), default="auto",
               help="Putative matches: mnn (mutual nearest neighbours) or lightglue (a learned "
               "model's own) [auto: lightglue where the features have one, else mnn].")
+@click.option("--hloc-out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write features.h5, matches.h5 (with the inliers) and pairs.txt here, in "
+              "hloc's layout (a folder that does not exist yet, or one of delfx's).")
 @extract_config_options
 def match(image_a: Path, image_b: Path, out: Path | None, ransac: str, threshold: float | None,
-          matcher: str, **kwargs) -> None:
+          matcher: str, hloc_out: Path | None, **kwargs) -> None:
     """Match two images: mutual nearest neighbours + RANSAC; print the inliers, draw them."""
     from delfx.index.match import match_images
     result = match_images(image_a, image_b, resolve_config(kwargs), ransac=ransac,
                           threshold=threshold, matcher=matcher)
     if out is not None:
         result.draw(out)
-    click.echo(jsonlib.dumps(result.to_json(out)))
+    if hloc_out is not None:
+        result.write_hloc(hloc_out)
+    click.echo(jsonlib.dumps(result.to_json(out, hloc_out)))

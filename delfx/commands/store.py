@@ -97,3 +97,21 @@ def _format_summary(s: dict) -> str:
                  + ("" if integrity["checked_sha256"] else " (structure only, no sha256)"))
     lines.append("config        " + jsonlib.dumps(s["config"], sort_keys=True))
     return "\n".join(lines)
+
+
+@click.command()
+@click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["hloc", "colmap"]), required=True,
+              help="hloc: a features.h5 (keypoints x, y; descriptors D x N; scores; "
+              "image_size); colmap: a COLMAP database (cameras, images, keypoints; matches).")
+@click.option("--matches", "matches_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="colmap: a matches.h5 (hloc's layout, e.g. from "
+              "`delfx match --hloc-out`) to import as matches (and verified inliers).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when delfx exported it.")
+def export(feature_dir: Path, out: Path, fmt: str, matches_path: Path | None,
+           overwrite: bool) -> None:
+    """Write a feature set in the layout hloc or COLMAP reads (docs/FORMAT.md)."""
+    from delfx.interop import export_features
+    click.echo(jsonlib.dumps(export_features(feature_dir, out, fmt, matches_path=matches_path,
+                                             overwrite=overwrite)))

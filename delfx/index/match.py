@@ -26,7 +26,7 @@ class MatchResult:
     matches: Matches
     verification: Verification
 
-    def to_json(self, picture: Path | None = None) -> dict[str, Any]:
+    def to_json(self, picture: Path | None = None, hloc: Path | None = None) -> dict[str, Any]:
         a, b = self.features
         t = self.verification.transform
         return {"image_a": str(self.paths[0]), "image_b": str(self.paths[1]),
@@ -34,7 +34,43 @@ class MatchResult:
                 "features_b": b.num_features, "matches": len(self.matches),
                 "inliers": self.verification.inliers, "ransac": self.verification.model,
                 "transform_xy": None if t is None else np.asarray(t).round(6).tolist(),
-                "picture": str(picture) if picture else None}
+                "picture": str(picture) if picture else None,
+                "hloc": str(hloc) if hloc else None}
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """The two images' names in exported files: their file names."""
+        a, b = (p.name for p in self.paths)
+        if a == b:
+            from delfx.errors import DelfxError
+            raise DelfxError(f"both images are named {a}: an export needs two names")
+        return a, b
+
+    def write_hloc(self, folder: Path) -> None:
+        """features.h5, matches.h5 (putative matches, with RANSAC's inliers) and pairs.txt of
+        this pair, in hloc's layout (delfx.interop), in `folder`."""
+        from dataclasses import replace
+
+        from delfx.interop import write_hloc_features, write_hloc_matches
+        folder = Path(folder)
+        names = self.names
+        own = {"features.h5", "matches.h5", "pairs.txt"}
+        from delfx.errors import DelfxError
+        from delfx.interop import HLOC_FEATURES, is_own
+        if folder.exists() and any(folder.iterdir()) and (
+                any(p.name not in own for p in folder.iterdir())
+                or not is_own(folder / "features.h5", HLOC_FEATURES)):
+            raise DelfxError(f"{folder} holds files of another kind than delfx's hloc export: "
+                             f"use a new folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        a, b = self.features
+        write_hloc_features([replace(a, image_id=names[0]), replace(b, image_id=names[1])],
+                            folder / "features.h5", overwrite=True,
+                            model={"id": self.model_id})
+        write_hloc_matches([(names[0], names[1], a.num_features, self.matches,
+                             self.verification)], folder / "matches.h5", overwrite=True)
+        from delfx.paths import atomic_write_bytes
+        atomic_write_bytes(folder / "pairs.txt", f"{names[0]} {names[1]}\n".encode())
 
     def draw(self, out: Path) -> None:
         """Both images side by side, inliers joined, outliers as faint dots (PNG)."""
