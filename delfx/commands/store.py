@@ -35,13 +35,25 @@ def sample_data(out_dir: Path, landmarks: int, views: int, non_landmarks: int, l
 @click.command()
 @click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--no-checksum", is_flag=True, help="Skip re-hashing the shards (structure only).")
-def verify(feature_dir: Path, no_checksum: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, shards checked, "
+              "problems, warnings (exit status as without it).")
+def verify(feature_dir: Path, no_checksum: bool, as_json: bool) -> None:
     """Check every shard of a feature set against its manifest.
 
     Prints one line per problem; exit status 0 when the set is complete and intact, 1 otherwise.
     """
     from delfx.store import verify as verify_store
     report = verify_store(feature_dir, checksum=not no_checksum)
+    if as_json:
+        click.echo(jsonlib.dumps({"root": str(feature_dir), "ok": report.ok,
+                                  "shards_checked": report.shards_checked,
+                                  "checked_sha256": not no_checksum,
+                                  "damaged_shards": sorted(report.bad_shards),
+                                  "missing_shards": report.missing,
+                                  "problems": report.problems, "warnings": report.warnings}))
+        if not report.ok:
+            click.get_current_context().exit(1)
+        return
     for warning in report.warnings:
         log.warning("%s", warning)
     for problem in report.problems:
@@ -55,17 +67,21 @@ def verify(feature_dir: Path, no_checksum: bool) -> None:
 @click.argument("feature_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", is_flag=True, help="Machine-readable JSON instead of text.")
 @click.option("--no-checksum", is_flag=True, help="Skip re-hashing the shards (structure only).")
-def inspect(feature_dir: Path, json: bool, no_checksum: bool) -> None:
+@click.option("--failed", "list_failed", is_flag=True, help="Also list each failed image: id, "
+              "reason, message (text: one tab-separated line each; --json: failed_images).")
+def inspect(feature_dir: Path, json: bool, no_checksum: bool, list_failed: bool) -> None:
     """Summarise a feature set: images, failures by reason, features per image, size, model.
 
     The shards are verified on the way (as `delfx verify`); exit status 1 when one is damaged.
     """
     from delfx.store import inspect as inspect_store
-    summary = inspect_store(feature_dir, checksum=not no_checksum)
+    summary = inspect_store(feature_dir, checksum=not no_checksum, failed=list_failed)
     if json:
         click.echo(jsonlib.dumps(summary, indent=2, sort_keys=True))
     else:
         click.echo(_format_summary(summary))
+        for row in summary.get("failed_images", []):
+            click.echo(f"FAILED\t{row['id']}\t{row['reason']}\t{row['message']}")
     problems = summary["integrity"]["problems"]
     if problems:
         for problem in problems:

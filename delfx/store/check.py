@@ -152,18 +152,24 @@ def require_intact(root: Path, shards: set[int] | None = None) -> None:
                          f"damaged shards again")
 
 
-def inspect(root: Path, *, checksum: bool = True) -> dict[str, Any]:
-    """Summary of a feature set: images ok/failed by reason, features per image, bytes, model."""
+def inspect(root: Path, *, checksum: bool = True, failed: bool = False) -> dict[str, Any]:
+    """Summary of a feature set: images ok/failed by reason, features per image, bytes, model.
+    With `failed`, also "failed_images": each failed image's id, reason and message (shard
+    order; damaged shards are left out, as from every figure)."""
     root = Path(root)
     manifest = Manifest.load(root)
     integrity = verify(root, checksum=checksum)
     reasons: collections.Counter[str] = collections.Counter()
-    counts = []
+    counts, failures = [], []
     for index in sorted(set(manifest.shards) - integrity.bad_shards):  # damaged: not read
         with ShardReader(manifest.shard_path(root, index)) as reader:
             ok = reader.status == S.STATUS_OK
             counts.append(reader.counts[ok])
             reasons.update(r for r, good in zip(reader.reasons, ok) if not good)
+            if failed:
+                failures += [{"id": i, "reason": r, "message": m, "shard": index}
+                             for i, r, m, good in zip(reader.image_ids, reader.reasons,
+                                                      reader.messages, ok) if not good]
     per_image = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
     totals = manifest.totals()
     stats = ({"min": int(per_image.min()), "median": float(np.median(per_image)),
@@ -188,4 +194,5 @@ def inspect(root: Path, *, checksum: bool = True) -> dict[str, Any]:
         "versions": manifest.versions,
         "created": manifest.created,
         "updated": manifest.updated,
+        **({"failed_images": failures} if failed else {}),
     }
