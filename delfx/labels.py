@@ -58,6 +58,19 @@ def read_labels(csv_path: str | Path) -> dict[str, str | None]:
     return labels
 
 
+def id_mismatch_hint(label_ids: Iterable[str], feature_ids: Iterable[str]) -> str:
+    """Why labels and features may name no image alike, when it is the usual reason: features
+    extracted from an image folder are named by file (`china/view_00.jpg`), labels usually not
+    (`china/view_00`). An empty string when that is not it."""
+    stems = {f.rsplit(".", 1)[0] for f in feature_ids if "." in f.rsplit("/", 1)[-1]}
+    label_ids = list(label_ids)
+    if label_ids and sum(1 for i in label_ids if i in stems) * 2 >= len(label_ids):
+        return ("; the features are named by image file (with its extension) and the labels "
+                "are not: extract from the label file itself (a list with id,path columns, "
+                "e.g. sample-data's train.csv), so the ids agree")
+    return ""
+
+
 def label_sort_key(label: str) -> tuple:
     """Numeric landmark ids (GLR's) in numeric order, then any others alphabetically."""
     return (0, int(label), label) if label.isdigit() else (1, 0, label)

@@ -52,3 +52,28 @@ def test_stratified_split_invariants():
     np.testing.assert_array_equal(again, train)
     assert not np.array_equal(other, train)
     assert len(stratified_split(targets, 0.0, seed=5)[1]) == 0
+
+
+def test_labels_and_features_named_by_file_get_a_hint():
+    from delfx.labels import id_mismatch_hint
+    features = ["china/view_00.jpg", "china/view_01.jpg", "flower/view_00.png"]
+    hint = id_mismatch_hint(["china/view_00", "flower/view_00"], features)
+    assert "extract from the label file itself" in hint
+    assert id_mismatch_hint(["other/a", "other/b"], features) == ""
+    assert id_mismatch_hint(["china/view_00.jpg"], features) == ""  # the same ids: no hint
+
+
+def test_train_on_features_of_an_image_folder_says_how_to_fix_the_ids(sample_dataset, tmp_path):
+    """The quickstart's next step, as issue 19 found it: features of the images/ folder, labels
+    of the sample data's label file."""
+    from click.testing import CliRunner
+
+    from delfx.cli import cli
+    from tests.support.cli import invoke
+    invoke("extract", sample_dataset.root / "images", tmp_path / "features", "--shards", "1",
+           "--model", "rootsift", "--max-side", "160", "--no-ray")
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "features"),
+                                      str(sample_dataset.root / "labels.csv"),
+                                      str(tmp_path / "classifier")])
+    assert result.exit_code == 1
+    assert "extract from the label file itself" in result.output

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from delfx.errors import DelfxError
-from delfx.labels import LabelMap, stratified_split
+from delfx.labels import LabelMap, id_mismatch_hint, stratified_split
 from delfx.store import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def prepare_training_data(feature_set: FeatureSet, labels: Mapping[str, str | No
         raise DelfxError(f"{source}: none of the {len(labelled)} labelled ids is in the feature "
                          f"set {feature_set.root} (e.g. {missing[0]!r} vs {ids[0]!r} there); "
                          f"were the features extracted from these images, with the same ids?"
+                         f"{id_mismatch_hint(labelled, ids)}"
                          if ids else f"the feature set {feature_set.root} holds no images")
     if missing:
         log.warning("%d of %d labelled ids are not in the feature set, ignored (e.g. %s)",

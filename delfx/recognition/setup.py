@@ -17,7 +17,7 @@ from typing import Any
 
 from delfx.errors import DelfxError
 from delfx.extractor.queries import Queries
-from delfx.labels import read_labels
+from delfx.labels import id_mismatch_hint, read_labels
 from delfx.recognition.calibration import Calibration
 from delfx.recognition.chance import ChanceModel
 from delfx.recognition.recognize import RecognitionConfig, Recognizer
@@ -62,7 +62,8 @@ def gallery_labels_of(gallery: FeatureSet, labels: dict[str, str | None], source
         there = gallery.image_ids[0] if gallery.image_ids else None
         raise DelfxError(f"{source}: no landmark label is for an image of the gallery "
                          f"{gallery.root} ({len(labels)} labelled ids, e.g. {example!r}; gallery "
-                         f"ids look like {there!r}): are they the same ids?")
+                         f"ids look like {there!r}): are they the same ids?"
+                         f"{id_mismatch_hint(labels, gallery.image_ids)}")
     if len(kept) < len(labels):
         log.warning("%d of %d labelled ids are not in the gallery %s: ignored", len(labels) -
                     len(kept), len(labels), gallery.root)
