@@ -260,7 +260,8 @@ def glr_estimate(rows: dict[str, Any], features_per_image: float, bytes_per_imag
 
 
 def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConfig,
-             sizes: Sequence[int], local_max: int, parts: int = 2) -> dict[str, Any]:
+             sizes: Sequence[int], local_max: int, parts: int = 2,
+             local_factory: str = "auto") -> dict[str, Any]:
     import shutil
 
     from delfx.index.faiss_index import INDEX_FILE, build_index
@@ -277,7 +278,7 @@ def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConf
             index_dir = work / f"index-{images}"
             shutil.rmtree(index_dir, ignore_errors=True)  # our own scratch folder
             t0 = time.perf_counter()
-            meta = build_index(gallery_dir, index_dir, factory="auto")
+            meta = build_index(gallery_dir, index_dir, factory=local_factory)
             row.update(factory=meta.factory, nprobe=meta.nprobe,
                        index_build_s=time.perf_counter() - t0,
                        index_bytes=(index_dir / INDEX_FILE).stat().st_size)
@@ -305,6 +306,7 @@ def evaluate(work: Path, data_dir: Path | None, quick: bool, config: ExtractConf
                             largest["bytes"] / largest["images"], search)
     return {"params": {**prep, "model": config.model, "precision": config.precision,
                        "sizes": list(sizes), "local_max": local_max, "quick": quick,
+                       "local_factory": local_factory,
                        "parts": parts,
                        "global_model": GLOBAL_MODEL, "glr_gallery": GLR_GALLERY,
                        "glr_queries": GLR_QUERIES},
@@ -388,6 +390,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parts", type=int, default=2, help="also build the local index in "
                         "this many parts and search them in process and on Ray (default 2; "
                         "1: not)")
+    parser.add_argument("--local-factory", default="auto", help="the local index's FAISS "
+                        "factory (default auto; fewer IVF lists build far faster at 1e8 "
+                        "vectors and scan more per query: an upper bound on the query's cost)")
     parser.add_argument("--keep", type=Path, help="an earlier run's --json: its rows of the "
                         "gallery sizes not run now are kept (marked as from that run), so one "
                         "long size can be run alone")
@@ -422,7 +427,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             n = prepare(work, data_dir, True, config)["gallery_images"]
             sizes = [2 * n, 4 * n]
         results = evaluate(work, data_dir, args.quick, config, sizes,
-                           args.local_max if not args.quick else 4 * 10**6, args.parts)
+                           args.local_max if not args.quick else 4 * 10**6, args.parts,
+                           args.local_factory)
     if args.keep:
         results = keep_earlier_rows(results, json.loads(args.keep.read_text()), args.keep.name)
     emit("query_scale", results, table_for(results), args.json)

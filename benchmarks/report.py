@@ -520,9 +520,11 @@ def render(results: Path) -> tuple[str, list[Path], list[str]]:
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 problems.append(f"{stage.name}: plot failed ({type(exc).__name__}: {exc})")
         if record.get("imported_from"):
-            sections += ["", f"Not run by this suite: imported from `{record['imported_from']}` "
-                             f"({record.get('note', '')}); that run took "
-                             f"{record.get('wall_s') or 0:.0f} s and ended {record.get('ran_at')}."]
+            # the file's name only: a folder of the machine that ran it means nothing to a reader
+            took = f"took {record['wall_s']:.0f} s and " if record.get("wall_s") else ""
+            sections += ["", f"Not run by this suite: imported from its result file "
+                             f"`{Path(record['imported_from']).name}` ({record.get('note', '')}); "
+                             f"that run {took}ended {record.get('ran_at')}."]
         else:
             sections += ["", f"Stage wall time {record['wall_s']:.0f} s, peak memory "
                              f"{record['peak_rss_bytes'] / 2**20:,.0f} MiB (its own process); ran "

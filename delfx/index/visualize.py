@@ -7,11 +7,18 @@ from pathlib import Path
 import numpy as np
 
 
+# More lines than this hide each other (274 inliers drew a solid band); a sample shows the
+# transform as well and the title gives the full count.
+MAX_LINES = 80
+
+
 def draw_matches(image_a: np.ndarray, image_b: np.ndarray, points_a_yx: np.ndarray,
                  points_b_yx: np.ndarray, *, outliers_a_yx: np.ndarray | None = None,
                  outliers_b_yx: np.ndarray | None = None, max_height: int = 720,
-                 title: str | None = None) -> np.ndarray:
-    """RGB uint8 canvas: a | b, inlier correspondences as lines, outliers as faint dots."""
+                 title: str | None = None, max_lines: int = MAX_LINES) -> np.ndarray:
+    """RGB uint8 canvas: a | b with a divider, at most `max_lines` inlier correspondences as
+    lines (an even, seeded sample when there are more: the title says how many are drawn),
+    outliers as faint dots."""
     import cv2
     scale = min(1.0, max_height / max(image_a.shape[0], image_b.shape[0]))
     a = cv2.resize(image_a, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image_a
@@ -21,6 +28,11 @@ def draw_matches(image_a: np.ndarray, image_b: np.ndarray, points_a_yx: np.ndarr
     canvas[:a.shape[0], :a.shape[1]] = a
     canvas[:b.shape[0], a.shape[1]:] = b
     offset = a.shape[1]
+    if len(points_a_yx) > max_lines:
+        keep = np.sort(np.random.default_rng(0).choice(len(points_a_yx), max_lines,
+                                                       replace=False))
+        title = f"{title or ''} (lines: {max_lines} of {len(points_a_yx)} inliers)".strip()
+        points_a_yx, points_b_yx = np.asarray(points_a_yx)[keep], np.asarray(points_b_yx)[keep]
 
     def point(yx, shift=0):
         return int(round(yx[1] * scale)) + shift, int(round(yx[0] * scale))
@@ -34,6 +46,7 @@ def draw_matches(image_a: np.ndarray, image_b: np.ndarray, points_a_yx: np.ndarr
         cv2.line(canvas, point(ya), point(yb, offset), colour, 1, cv2.LINE_AA)
         cv2.circle(canvas, point(ya), 3, colour, 1, cv2.LINE_AA)
         cv2.circle(canvas, point(yb, offset), 3, colour, 1, cv2.LINE_AA)
+    canvas[:, max(offset - 1, 0):offset + 1] = 0  # the divider: where a ends and b begins
     if title:
         cv2.putText(canvas, title, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
         cv2.putText(canvas, title, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
