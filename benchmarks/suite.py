@@ -155,7 +155,7 @@ STAGES: tuple[Stage, ...] = (
           needs_shared=True),
     Stage("local_features_sample", "eval_local_features", "Local features on delfx sample-data",
           "The same measurement on generated sample data (synthetic views of package photos), "
-          "with the attention head trained on another sample-data set.",
+          "with an attention head from `delfx train-delf` (what it was trained on: the train-delf row).",
           quick=("--quick", "--sample-data", "--train-delf", "sample-data", "--train-epochs", "2",
                  "--models", "rootsift pca40,trained"),
           full=("--sample-data", "--train-delf", "sample-data")),
