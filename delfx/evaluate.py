@@ -117,10 +117,16 @@ def write_report(report: dict[str, Any], out_dir: Path, title: str = "delfx eval
     figure = Figure(figsize=(8, max(2.5, 0.25 * len(classes) + 1)))
     FigureCanvasAgg(figure)
     axis = figure.add_subplot(1, 1, 1)
-    axis.barh([c for c, _ in classes], [v["accuracy"] for _, v in classes], color="#4477aa")
+    # each bar labelled with its class's queries: 1 of 1 and 40 of 40 are not the same evidence
+    axis.barh([f"{c} (n={v['queries']})" for c, v in classes], [v["accuracy"] for _, v in classes],
+              color="#4477aa")
+    for y, (_, v) in enumerate(classes):
+        axis.text(min(v["accuracy"], 0.82) + 0.01, y, f"{v['correct']}/{v['queries']}",
+                  va="center", fontsize=8)
     axis.set_xlim(0, 1)
-    axis.set_xlabel("top-1 accuracy")
-    axis.set_title(f"GAP {report['gap']:.3f}, top-1 {report['top1']:.3f}")
+    axis.set_xlabel("top-1 accuracy (correct / queries of the landmark)")
+    axis.set_title(f"GAP {report['gap']:.3f}, top-1 {report['top1']:.3f} over "
+                   f"{report['queries']} queries ({report['landmark_queries']} of landmarks)")
     figure.tight_layout()
     figure.savefig(out_dir / "per_class.png", dpi=100)
     lines = [f"# {title}", "",
