@@ -102,7 +102,8 @@ def is_own(path: Path, mark: str) -> bool:
         return False
 
 
-def _check_output(path: Path, mark: str, overwrite: bool) -> None:
+def check_output(path: Path, mark: str, overwrite: bool) -> None:
+    """Refuse to write `path` when it exists and may not be replaced (see the docstring)."""
     if path.exists():
         if not overwrite:
             raise DelfxError(f"{path} exists: use --overwrite to replace it, or another name")
@@ -113,13 +114,13 @@ def _check_output(path: Path, mark: str, overwrite: bool) -> None:
 def _write_atomically(path: Path, mark: str, overwrite: bool, write) -> None:
     """`write(tmp_path)` beside `path`, then the temporary file renamed onto it."""
     path = Path(path)
-    _check_output(path, mark, overwrite)
+    check_output(path, mark, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        _check_output(path, mark, overwrite)  # again: it may have appeared meanwhile
+        check_output(path, mark, overwrite)  # again: it may have appeared meanwhile
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -225,7 +226,8 @@ def write_colmap_database(records: Iterable[ImageFeatures], path: Path, *,
                           ) -> dict[str, int]:
     """A COLMAP database of `records`' keypoints (and a matches.h5's matches); counts."""
     pairs = read_hloc_matches(matches_path) if matches_path is not None else []
-    counts = {"images": 0, "skipped": 0, "keypoints": 0, "pairs": 0, "verified_pairs": 0}
+    counts = {"images": 0, "skipped": 0, "keypoints": 0, "pairs": 0, "verified_pairs": 0,
+              "reverse_pairs_skipped": 0}
 
     def write(tmp: Path) -> None:
         tmp.unlink()  # sqlite makes its own file
@@ -256,6 +258,7 @@ def write_colmap_database(records: Iterable[ImageFeatures], path: Path, *,
                 sizes[image] = record.num_features
                 counts["images"] += 1
                 counts["keypoints"] += record.num_features
+            done: set[tuple[int, int]] = set()
             for key, matches, inliers in pairs:
                 name0, _, name1 = key.partition("/")
                 if name0 not in ids or name1 not in ids:
@@ -268,6 +271,10 @@ def write_colmap_database(records: Iterable[ImageFeatures], path: Path, *,
                                      f"features lack (other features than these?)")
                 if a > b:
                     matches, a, b = matches[:, ::-1], b, a
+                if (a, b) in done:  # b, a came first: COLMAP holds one entry a pair (as hloc's
+                    counts["reverse_pairs_skipped"] += 1  # own import keeps the first)
+                    continue
+                done.add((a, b))
                 data = np.ascontiguousarray(matches, np.uint32)
                 db.execute("INSERT INTO matches VALUES (?, ?, ?, ?)",
                            (pair_id(a, b), *data.shape, data.tobytes()))

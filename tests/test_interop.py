@@ -165,3 +165,30 @@ def test_match_exports_a_pair_for_hloc_and_colmap(sample_dataset, tmp_path):
                                        *model])
     assert refused.exit_code == 1 and "another kind than delfx's hloc export" in refused.output
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_search_writes_each_results_matches_for_hloc(sample_dataset, tmp_path):
+    """search --matches-out: every result row's pair in matches.h5, with the very inliers and
+    putative matches the search counted (verified again the same way)."""
+    model = ["--model", "rootsift", "--max-side", "240", "--no-ray"]
+    invoke("extract", sample_dataset.root / "train.csv", tmp_path / "gallery", "--shards", "2",
+           *model)
+    invoke("build-index", tmp_path / "gallery", tmp_path / "index")
+    gallery = tmp_path / "gallery"
+    summary = json.loads(invoke("search", tmp_path / "index", gallery, gallery, "--exclude-self",
+                                "--top", "3", "--out", tmp_path / "results.jsonl",
+                                "--matches-out", tmp_path / "matches.h5", "--json"))
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["gallery_id"]]
+    assert summary["matched_pairs"] == len(rows) > 10
+    with h5py.File(tmp_path / "matches.h5", "r") as f:
+        for row in rows:
+            group = f[names_to_pair(row["query"], row["gallery_id"])]
+            assert int((group["matches0"][()] >= 0).sum()) == row["matches"]
+            assert int(group["inliers0"][()].sum()) == row["inliers"]
+    export = json.loads(invoke("export", gallery, tmp_path / "database.db", "--format", "colmap",
+                               "--matches", tmp_path / "matches.h5"))
+    unordered = {frozenset((r["query"], r["gallery_id"])) for r in rows}
+    # both orders of a pair are hloc keys of their own; COLMAP holds each pair once
+    assert export["pairs"] == len(unordered)
+    assert export["reverse_pairs_skipped"] == len(rows) - len(unordered)

@@ -75,11 +75,14 @@ def build_index_command(feature_dir: Path, index_dir: Path, factory: str, nprobe
               path_type=Path), help="GeM model that embeds query images (--global-shortlist).")
 @job_options
 @click.option("--json", "as_json", is_flag=True, help="With --out: print the summary as JSON.")
+@click.option("--matches-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --out and a query feature set: each result's matched keypoints and "
+              "inliers as hloc's matches.h5 (delfx export makes the features.h5 files).")
 def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Path | None, k: int,
            max_distance: float, shortlist: int, top: int, ransac: str, threshold: float | None,
            exclude_self: bool, global_shortlist: bool, global_model_dir: Path | None,
            matcher: str, on_ray: bool, address: str | None, workers: int | None,
-           chunk_size: int | None, as_json: bool) -> None:
+           chunk_size: int | None, as_json: bool, matches_out: Path | None) -> None:
     """Retrieve and verify gallery images for QUERIES (a feature set, or images extracted with
     the gallery's own model and config).
 
@@ -89,6 +92,8 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
     settings = dict(k=k, max_distance=max_distance, shortlist=shortlist, top=top, ransac=ransac,
                     relative_threshold=threshold, matcher=matcher)
     ray = job_ray(on_ray, address, workers, out, needs_out=True)
+    if matches_out is not None and out is None:
+        raise click.UsageError("--matches-out needs --out")
     if out is None:  # streamed to stdout as each query is done
         from delfx.index.search import run_search
         from delfx.index.search_job import write_results
@@ -103,7 +108,7 @@ def search(index_dir: Path, gallery_dir: Path, queries: Path, fmt: str, out: Pat
                                  settings=settings, exclude_self=exclude_self,
                                  global_shortlist=global_shortlist,
                                  global_model_dir=global_model_dir, ray=ray, workers=workers,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, matches_out=matches_out)
     click.echo(jsonlib.dumps(summary) if as_json else
                f"{out}: {summary['queries']} queries ({summary['chunks_resumed']} of "
                f"{summary['chunks']} chunks resumed), {summary['executor']}, "

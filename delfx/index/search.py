@@ -211,6 +211,17 @@ def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConf
     return results
 
 
+def pair_matches(query: ImageFeatures, candidate: ImageFeatures, config: SearchConfig):
+    """(putative Matches, Verification) of one pair, made exactly as search verifies it (the
+    same matcher, RANSAC model, threshold and seed: the same inliers)."""
+    from delfx.index.geometry import verify_pair
+    matches = match(query, candidate, config.matcher, config.features, config.match_max_distance)
+    return matches, verify_pair(query.locations, candidate.locations, matches,
+                                model=config.ransac,
+                                relative_threshold=config.relative_threshold, seed=config.seed,
+                                image_size_b=(candidate.height, candidate.width))
+
+
 def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, config: SearchConfig,
                   exclude_self: bool = False, memo: VerificationMemo | None = None,
                   nearest: tuple[np.ndarray, list[list[str]]] | None = None) -> list[Result]:

@@ -106,7 +106,7 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
                    exclude_self: bool = False, global_shortlist: bool = False,
                    global_model_dir: Path | None = None, ray: dict[str, Any] | None = None,
                    workers: int | None = None, chunk_size: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, matches_out: Path | None = None) -> dict[str, Any]:
     """`delfx search --out`: search every query as a resumable job, write `out` atomically in
     query order; the run's summary.
 
@@ -115,6 +115,9 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
             127.0.0.1 unless an address); an index in parts is one actor per part.
         workers: Ray workers (default: as many as the cluster's CPUs hold).
         chunk_size: queries per chunk (query_job.DEFAULT_CHUNK_SIZE).
+        matches_out: also write each (query, result) pair's matches and inliers as hloc's
+            matches.h5 (a query feature set only): after the output, on the driver, each pair
+            verified again exactly as the search did (top x queries pairs).
     """
     from delfx.extractor.queries import Queries
     from delfx.index.faiss_index import check_compatible, is_parts_dir
@@ -126,6 +129,12 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
     with FeatureSet(gallery_dir, require_complete=False) as gallery:
         config = SearchConfig.for_model(gallery.manifest.model_id, **(settings or {}))
         query_set = Queries(queries, gallery)  # cheap checks first
+        if matches_out is not None and query_set.feature_set is None:
+            raise DelfxError("--matches-out needs QUERIES as a feature set (their keypoints are "
+                             "what the matches index): extract them first")
+        if matches_out is not None:  # refused now, not after the search
+            from delfx.interop import HLOC_MATCHES, check_output
+            check_output(Path(matches_out), HLOC_MATCHES, overwrite=True)
         if not is_parts_dir(index_dir):
             check_compatible(IndexMeta.load(index_dir), gallery, index_dir)
         global_model = None
@@ -161,9 +170,15 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
                     verbosity=(ray or {}).get("verbosity", 0), connected=parts is not None)
             if ray is not None else InProcessPool(lambda: SearchProcessor(spec)))
 
+    pairs: list[tuple[str, str]] = []
+
     def write(rows) -> None:
+        def recorded():
+            for query, results in rows:
+                pairs.extend((query, r["gallery_id"]) for r in results)
+                yield query, results
         with atomic_text_output(out) as handle:
-            write_results(handle, fmt, rows)
+            write_results(handle, fmt, recorded())
 
     try:
         summary = run_query_job(items, out, identity, pool, write=write, what="search",
@@ -172,4 +187,27 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
     finally:
         if parts is not None:
             parts.close()
-    return {"out": str(out), **summary.to_json()}
+    written = {}
+    if matches_out is not None:
+        written["matches_out"] = str(matches_out)
+        written["matched_pairs"] = write_search_matches(pairs, gallery_dir, queries, config,
+                                                        matches_out)
+    return {"out": str(out), **summary.to_json(), **written}
+
+
+def write_search_matches(pairs: list[tuple[str, str]], gallery_dir: Path, queries_dir: Path,
+                         config: SearchConfig, out: Path) -> int:
+    """hloc's matches.h5 of the (query id, gallery id) pairs: putative matches, RANSAC's
+    inliers (`inliers0`) and transform, as search verified them; the number of pairs."""
+    from delfx.index.search import pair_matches
+    from delfx.interop import write_hloc_matches
+
+    def matched():
+        with FeatureSet(gallery_dir, require_complete=False) as gallery, \
+                FeatureSet(queries_dir, require_complete=False) as query_set:
+            for query_id, gallery_id in pairs:
+                query, candidate = query_set.get(query_id), gallery.get(gallery_id)
+                matches, verification = pair_matches(query, candidate, config)
+                yield query_id, gallery_id, query.num_features, matches, verification
+
+    return write_hloc_matches(matched(), out, overwrite=True)
