@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.broken_images import write_broken_images, write_good_images
 from tests.support.processes import busy_worker, kill_tree
-from tests.support.ray_cluster import CLUSTER
+from tests.support.ray_cluster import two_node_cluster
 from delfx.store import FeatureSet, shard_file_name, verify
 
 pytestmark = pytest.mark.slow
@@ -109,21 +109,13 @@ def test_end_to_end_local_default(images, tmp_path):
 def test_two_node_cluster(images, tmp_path):
     """A head and a second node as separate processes, with token authentication on (as
     `ray start --head` has by default); delfx joins with --address and no Ray settings."""
-    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=_env(RAY_AUTH_MODE="token"))
-    try:
-        address = cluster.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), address
+    with two_node_cluster(_env()) as address:
         out = tmp_path / "features"
         summary = _summary(_extract(images, out, "--shards", "4", "--address", address,
                                     *FAST_MODEL, env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")))
         assert summary["executor"] == "ray" and summary["shards_written"] == 4
         assert len(set(summary["shard_nodes"].values())) == 2, summary["shard_nodes"]
         assert verify(out).ok
-    finally:
-        cluster.stdin.close()
-        cluster.wait(timeout=60)
 
 
 def _wait_for_shards(out: Path, proc, at_least: int, timeout: float = 240):

@@ -16,7 +16,7 @@ from delfx.index.faiss_index import GalleryIndex, build_index, update_index
 from delfx.index.parts import IndexParts, build_index_parts, merge, open_index
 from delfx.store import FeatureSet
 from delfx.store.synthetic import write_synthetic_feature_set
-from tests.support.ray_cluster import CLUSTER
+from tests.support.ray_cluster import two_node_cluster
 
 
 @pytest.fixture(scope="module")
@@ -167,21 +167,13 @@ def test_parts_on_a_two_node_cluster(gallery, queries, tmp_path):
     np.save(tmp_path / "q.npy", queries)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_USAGE_STATS_ENABLED="0")
-    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**env, "RAY_AUTH_MODE": "token"})
-    try:
-        address = cluster.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), address
+    with two_node_cluster(env) as address:
         proc = subprocess.run([sys.executable, "-c", SEARCH_ON, str(tmp_path / "parts"), address,
                                str(tmp_path / "q.npy")], capture_output=True, text=True,
                               env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = json.loads(proc.stdout.splitlines()[-1])
         assert result["same"] and len(set(result["nodes"])) == 2, result
-    finally:
-        cluster.stdin.close()
-        cluster.wait(timeout=60)
 
 
 def test_cli_builds_parts_and_refuses_mixed_options(gallery, tmp_path):

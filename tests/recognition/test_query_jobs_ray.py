@@ -19,7 +19,7 @@ import pytest
 from delfx.query_job import job_folder
 from tests.support.processes import busy_worker, kill_tree
 from tests.support.cli import invoke, write_split_lists
-from tests.support.ray_cluster import CLUSTER
+from tests.support.ray_cluster import two_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -170,17 +170,9 @@ def test_ctrl_c_leaves_a_resumable_state(world, reference, tmp_path):
 def test_two_node_cluster(world, reference, tmp_path):
     """A head and a second node as separate processes (token authentication on); the job's
     workers run on both and the output is the one-machine run's."""
-    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=_env(RAY_AUTH_MODE="token"))
-    try:
-        address = cluster.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), address
+    with two_node_cluster(_env()) as address:
         out = tmp_path / "search.jsonl"
         summary = json.loads(_run(*_search(world, out, "--ray", "--address", address),
                                   env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")).stdout)
         assert summary["workers"] == 2 and summary["nodes"] == 2, summary
         assert out.read_text() == reference["search"]
-    finally:
-        cluster.stdin.close()
-        cluster.wait(timeout=60)
