@@ -309,3 +309,77 @@ def export_features(feature_dir: Path, out: Path, fmt: str, *, matches_path: Pat
             counts = write_colmap_database(iter(fs), out, matches_path=matches_path,
                                            overwrite=overwrite)
     return {"out": str(out), "format": fmt, "model": model["id"], **counts}
+
+
+# --- importing hloc features ----------------------------------------------------------------
+
+def read_hloc_features(path: Path) -> list[ImageFeatures]:
+    """The images of an hloc features.h5 as delfx records: keypoints x, y -> locations y, x;
+    descriptors (D, N) -> (N, D), L2-normalised (delfx's search and matching assume unit
+    descriptors); scores (ones when absent); image_size (w, h). Checked against their shapes."""
+    import h5py
+    records: list[ImageFeatures] = []
+    try:
+        with h5py.File(path, "r") as f:
+            def visit(name, obj):
+                if not (isinstance(obj, h5py.Group) and "keypoints" in obj):
+                    return
+                if "descriptors" not in obj or "image_size" not in obj:
+                    raise DelfxError(f"{path}: {name} has keypoints but no descriptors or "
+                                     f"image_size")
+                keypoints = np.asarray(obj["keypoints"], np.float32)
+                descriptors = np.asarray(obj["descriptors"], np.float32)
+                size = np.asarray(obj["image_size"]).reshape(-1)
+                n = len(keypoints)
+                if keypoints.ndim != 2 or keypoints.shape[1] != 2 or descriptors.ndim != 2 \
+                        or descriptors.shape[1] != n or size.shape != (2,):
+                    raise DelfxError(f"{path}: {name}: keypoints {keypoints.shape}, "
+                                     f"descriptors {descriptors.shape}, image_size {size.shape} "
+                                     f"are not hloc's (N, 2), (D, N), (2,)")
+                scores = (np.asarray(obj["scores"], np.float32).reshape(-1) if "scores" in obj
+                          else np.ones(n, np.float32))
+                desc = descriptors.T
+                norms = np.linalg.norm(desc, axis=1, keepdims=True)
+                records.append(ImageFeatures(
+                    name, locations=np.ascontiguousarray(keypoints[:, ::-1]),
+                    descriptors=np.ascontiguousarray(desc / np.maximum(norms, 1e-12)),
+                    scales=np.ones(n, np.float32), scores=scores[:n] if len(scores) >= n
+                    else np.ones(n, np.float32), height=int(size[1]), width=int(size[0])))
+            f.visititems(visit)
+    except OSError as exc:
+        raise DelfxError(f"{path}: not a readable HDF5 features file ({exc})") from None
+    if not records:
+        raise DelfxError(f"{path}: no image group with keypoints (not an hloc features.h5?)")
+    dims = {r.descriptors.shape[1] for r in records}
+    if len(dims) != 1:
+        raise DelfxError(f"{path}: descriptors of {sorted(dims)} dimensions: one model's only")
+    return records
+
+
+def import_hloc(features_path: Path, out_dir: Path, *, shards: int = 1) -> dict[str, Any]:
+    """`delfx import --format hloc`: an hloc features.h5 as a delfx feature set (model id
+    `hloc:<file name>`, its hash the file's sha256), for search, build-index and classify."""
+    from delfx.digests import file_sha256
+    from delfx.store import Manifest, ShardWriter, shard_file_name
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DelfxError(f"{out_dir} is not empty: import into a new folder")
+    records = read_hloc_features(Path(features_path))
+    digest = file_sha256(features_path)
+    dim = records[0].descriptors.shape[1]
+    model_id = f"hloc:{Path(features_path).name}"
+    config = {"imported_from": "hloc", "file": Path(features_path).name, "sha256": digest,
+              "descriptors": "L2-normalised on import"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(num_shards=shards, model_id=model_id, model_hash=digest, config=config,
+                        descriptor_dim=dim, descriptor_dtype="float32", descriptor_norm="l2")
+    for s in range(shards):
+        with ShardWriter(out_dir / shard_file_name(s, shards), descriptor_dim=dim,
+                         model_id=model_id, model_hash=digest, config=config, shard_index=s,
+                         num_shards=shards) as writer:
+            for record in records[s::shards]:  # images dealt in the file's (sorted) order
+                writer.add(record)
+        manifest.record(out_dir, writer.info)
+    return {"out": str(out_dir), "format": "hloc", "model": model_id, "images": len(records),
+            "keypoints": sum(r.num_features for r in records), "descriptor_dim": dim,
+            "shards": shards}

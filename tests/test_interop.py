@@ -192,3 +192,25 @@ def test_search_writes_each_results_matches_for_hloc(sample_dataset, tmp_path):
     # both orders of a pair are hloc keys of their own; COLMAP holds each pair once
     assert export["pairs"] == len(unordered)
     assert export["reverse_pairs_skipped"] == len(rows) - len(unordered)
+
+
+def test_hloc_features_import_back_into_a_feature_set_that_searches(features, tmp_path):
+    from delfx.interop import import_hloc
+    export_features(features, tmp_path / "features.h5", "hloc")
+    summary = import_hloc(tmp_path / "features.h5", tmp_path / "imported", shards=2)
+    assert summary["images"] == 6 and summary["model"] == "hloc:features.h5"
+    with FeatureSet(features) as original, FeatureSet(tmp_path / "imported") as imported:
+        assert sorted(imported.image_ids) == sorted(r.image_id for r in original if r.ok)
+        for image_id in imported.image_ids:
+            a, b = original.get(image_id), imported.get(image_id)
+            np.testing.assert_allclose(b.locations, a.locations)
+            unit = a.descriptors / np.linalg.norm(a.descriptors, axis=1, keepdims=True)
+            np.testing.assert_allclose(b.descriptors, unit, atol=1e-6)
+            assert (b.height, b.width) == (a.height, a.width)
+    invoke("build-index", tmp_path / "imported", tmp_path / "index")
+    found = invoke("search", tmp_path / "index", tmp_path / "imported", tmp_path / "imported",
+                   "--top", "1")
+    rows = [json.loads(line) for line in found.splitlines()]
+    assert len(rows) == 6 and all(r["gallery_id"] == r["query"] for r in rows)  # itself, first
+    with pytest.raises(DelfxError, match="not empty"):
+        import_hloc(tmp_path / "features.h5", tmp_path / "imported")

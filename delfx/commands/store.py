@@ -131,3 +131,15 @@ def export(feature_dir: Path, out: Path, fmt: str, matches_path: Path | None,
     from delfx.interop import export_features
     click.echo(jsonlib.dumps(export_features(feature_dir, out, fmt, matches_path=matches_path,
                                              overwrite=overwrite)))
+
+
+@click.command("import")
+@click.argument("features_h5", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["hloc"]), required=True,
+              help="hloc: a features.h5 (e.g. SuperPoint's from hloc's extract_features).")
+@click.option("--shards", type=click.IntRange(1), default=1)
+def import_features(features_h5: Path, out_dir: Path, fmt: str, shards: int) -> None:
+    """Read another tool's features into a delfx feature set (descriptors L2-normalised)."""
+    from delfx.interop import import_hloc
+    click.echo(jsonlib.dumps(import_hloc(features_h5, out_dir, shards=shards)))
