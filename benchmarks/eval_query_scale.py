@@ -317,7 +317,9 @@ def keep_earlier_rows(results: dict[str, Any], earlier: dict[str, Any], source: 
                       ) -> dict[str, Any]:
     """`results` with the rows of `earlier` whose gallery sizes it lacks, each marked, ordered
     by size (the GLR estimate stays this run's: its largest size)."""
-    rows = {size: {**row, "from_earlier_run": source}
+    parts = earlier.get("params", {}).get("parts", 2)
+    rows = {size: {**row, "from_earlier_run": source,
+                   "parts_count": row.get("parts_count", parts)}
             for size, row in earlier.get("rows", {}).items() if size not in results["rows"]}
     rows.update(results["rows"])
     return {**results, "rows": dict(sorted(rows.items(), key=lambda kv: int(kv[0]))),
@@ -346,7 +348,7 @@ def table_for(results: dict[str, Any]) -> list[tuple[str, str]]:
         for path in ("parts", "parts-ray"):
             if r.get(path):
                 pr = r[path]
-                table.append((f"{head} {path} ({p.get('parts', 2)} parts)",
+                table.append((f"{head} {path} ({r.get('parts_count', p.get('parts', 2))} parts)",
                               f"{pr['s_per_query_mean']:.3f} s/query (vote {pr['vote_s_mean']:.3f}; "
                               f"k-NN alone {pr['knn']['queries_per_s']:,.0f} descriptors/s), "
                               f"GAP {pr['gap']:.3f}, peak RSS {pr['peak_rss_bytes'] / 1e9:.2f} GB "

@@ -160,9 +160,10 @@ def _query_scale(d: dict) -> Headline:
     for images, r in sorted(d["rows"].items(), key=lambda kv: int(kv[0])):
         for path in ("local", "global"):
             if r.get(path):
+                index = f" over {r['factory']}" if path == "local" and r.get("factory") else ""
                 out.append((f"one query at {int(images):,} gallery images, {path} path",
-                            f"{r[path]['s_per_query_mean']:.3f} s ({what[path]}), peak RSS "
-                            f"{r[path]['peak_rss_bytes'] / 2**30:.2f} GiB"))
+                            f"{r[path]['s_per_query_mean']:.3f} s ({what[path]}{index}), peak "
+                            f"RSS {r[path]['peak_rss_bytes'] / 2**30:.2f} GiB"))
     g = d["glr"]
     out.append(("GLR-size run (117,703 queries, 4.1M images), global path",
                 f"~{g['machine_hours']:,.0f} machine-hours on this kind of machine, global search "
