@@ -338,13 +338,16 @@ def read_hloc_features(path: Path) -> list[ImageFeatures]:
                                      f"are not hloc's (N, 2), (D, N), (2,)")
                 scores = (np.asarray(obj["scores"], np.float32).reshape(-1) if "scores" in obj
                           else np.ones(n, np.float32))
+                if scores.shape != (n,):
+                    raise DelfxError(f"{path}: {name}: {scores.shape[0]} scores for {n} "
+                                     f"keypoints")
                 desc = descriptors.T
                 norms = np.linalg.norm(desc, axis=1, keepdims=True)
                 records.append(ImageFeatures(
                     name, locations=np.ascontiguousarray(keypoints[:, ::-1]),
                     descriptors=np.ascontiguousarray(desc / np.maximum(norms, 1e-12)),
-                    scales=np.ones(n, np.float32), scores=scores[:n] if len(scores) >= n
-                    else np.ones(n, np.float32), height=int(size[1]), width=int(size[0])))
+                    scales=np.ones(n, np.float32), scores=scores, height=int(size[1]),
+                    width=int(size[0])))
             f.visititems(visit)
     except OSError as exc:
         raise DelfxError(f"{path}: not a readable HDF5 features file ({exc})") from None

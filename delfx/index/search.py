@@ -199,8 +199,7 @@ def verify_candidates(query: ImageFeatures, candidates: list, config: SearchConf
         matches = memo.matches(config, query_key, key, compute) if memo is not None else compute()
         pairs.append((query.locations, candidate.locations, matches,
                       {"image_size_b": (candidate.height, candidate.width)}))
-    fresh = iter(verify_pairs(pairs, workers=config.workers, model=config.ransac,
-                              relative_threshold=config.relative_threshold, seed=config.seed))
+    fresh = iter(verify_pairs(pairs, workers=config.workers, **ransac_settings(config)))
     results = []
     for key, found in zip(keys, known):
         if found is None:
@@ -217,9 +216,15 @@ def pair_matches(query: ImageFeatures, candidate: ImageFeatures, config: SearchC
     from delfx.index.geometry import verify_pair
     matches = match(query, candidate, config.matcher, config.features, config.match_max_distance)
     return matches, verify_pair(query.locations, candidate.locations, matches,
-                                model=config.ransac,
-                                relative_threshold=config.relative_threshold, seed=config.seed,
-                                image_size_b=(candidate.height, candidate.width))
+                                image_size_b=(candidate.height, candidate.width),
+                                **ransac_settings(config))
+
+
+def ransac_settings(config: SearchConfig) -> dict[str, Any]:
+    """verify_pair's settings of a search: one place, so a pair verified again (exports) is
+    verified exactly as the search verified it."""
+    return {"model": config.ransac, "relative_threshold": config.relative_threshold,
+            "seed": config.seed}
 
 
 def shortlist_one(query: ImageFeatures, global_index, gallery: FeatureSet, config: SearchConfig,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from delfx.digests import combined_sha256, file_sha256
+from delfx.digests import combined_sha256, file_sha256, folder_sha256
 from delfx.errors import DelfxError
 from delfx.index.search import RESULT_FIELDS, Result, SearchConfig, search_many
 from delfx.store import FeatureSet
@@ -64,7 +64,11 @@ class SearchProcessor:
             if spec.get("global_model"):
                 from delfx.globalnet.model import load_global_model
                 self.global_model = load_global_model(Path(spec["global_model"]))
+                self.global_index.check_query_model(self.global_model.describe(),
+                                                    spec["global_model"])
         self.queries = Queries(Path(spec["queries"]), self.gallery, list_images=False)
+        if spec["global_shortlist"]:
+            self.queries.check_global(self.global_model)
 
     def describe(self) -> dict[str, Any]:
         return {"index_vectors": int(self.index.meta.num_vectors)}
@@ -137,18 +141,13 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
             check_output(Path(matches_out), HLOC_MATCHES, overwrite=True)
         if not is_parts_dir(index_dir):
             check_compatible(IndexMeta.load(index_dir), gallery, index_dir)
-        global_model = None
         if global_shortlist:
             from delfx.index.global_index import GlobalIndex
             if not GlobalIndex.exists(index_dir):
                 raise DelfxError(f"{index_dir} has no global index: extract the gallery with "
                                  f"--global-model, then build-index")
-            if global_model_dir is not None:
-                from delfx.globalnet.model import load_global_model
-                global_model = load_global_model(global_model_dir)
-                GlobalIndex.load(index_dir).check_query_model(global_model.describe(),
-                                                              str(global_model_dir))
-            query_set.check_global(global_model)
+        # the global model and index are loaded (and checked against each other and the
+        # queries) once, by the processor: not here as well
         items = query_set.job_items()
         digests = {"gallery": file_sha256(gallery_dir / MANIFEST_NAME),
                    "index": index_digest(index_dir), "queries": query_set.digest()}
@@ -160,7 +159,7 @@ def run_search_job(index_dir: Path, gallery_dir: Path, queries: Path, out: Path,
     identity = {"job": "search", "format": fmt, "digests": digests,
                 "config": {k: v for k, v in spec["config"].items() if k != "workers"},
                 "exclude_self": exclude_self, "global_shortlist": global_shortlist,
-                "global_model": global_model.describe() if global_model is not None else None}
+                "global_model": folder_sha256(global_model_dir) if global_model_dir else None}
     parts = None
     if ray is not None and is_parts_dir(index_dir):
         from delfx.index.parts import IndexParts

@@ -335,3 +335,34 @@ def test_global_shortlist_in_batches_equals_one_query_at_a_time(trained, monkeyp
 
     one = results(1)
     assert len(one) >= 4 and results(3) == one and results(256) == one
+
+
+@pytest.mark.slow
+def test_global_shortlist_search_job_equals_the_stream(trained, tmp_path):
+    """`search --global-shortlist --out` (a query job: the processor loads and checks the global
+    index and model once) writes what the streamed search prints: query feature sets, and query
+    images embedded with the GeM model in the job; a model other than the gallery's is refused."""
+    root, _ = trained
+    common = ["search", root / "index", root / "gallery", root / "queries", "--global-shortlist",
+              "--shortlist", "3"]
+    streamed = invoke(*common)
+    invoke(*common, "--out", tmp_path / "job.jsonl", "--chunk-size", "2")
+    assert (tmp_path / "job.jsonl").read_text() == streamed and len(streamed.splitlines()) >= 4
+    images = ["search", root / "index", root / "gallery", root / "query_list.csv",
+              "--global-shortlist", "--shortlist", "3", "--global-model", root / "gem"]
+    invoke(*images, "--out", tmp_path / "images.jsonl")
+    assert (tmp_path / "images.jsonl").read_text() == invoke(*images)
+    import shutil
+
+    from click.testing import CliRunner
+
+    from delfx.cli import cli
+    other = tmp_path / "other-gem"  # the same network, recorded as another model
+    shutil.copytree(root / "gem", other)
+    text = (other / "config.json").read_text()
+    (other / "config.json").write_text(text.replace(load_global_model(root / "gem").model_hash,
+                                                    "ab" * 32))
+    refused = CliRunner().invoke(cli, [str(a) for a in images[:-1]] + [str(other), "--out",
+                                                                       str(tmp_path / "x.jsonl")])
+    assert refused.exit_code == 1 and "do not come from the gallery's global model" in refused.output
+    assert not (tmp_path / "x.jsonl").exists()
