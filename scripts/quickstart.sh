@@ -15,8 +15,9 @@ OUT=${QUICKSTART_DIR:-quickstart}
 "$BIN/delfx" build-index "$OUT/features" "$OUT/index" --overwrite
 # The query images (query.csv: landmarks and non-landmarks), extracted with the gallery's own
 # model and recognised by retrieval + verification; then scored against their labels. Mutual
-# nearest neighbours and a shortlist of 10 keep this a minute on 2 cores (xfeat's own LightGlue,
-# the default matcher for its features, verifies better and costs ~0.3-0.8 s per pair on a CPU).
+# nearest neighbours and a shortlist of 10 keep this short on 2 cores: xfeat's own LightGlue,
+# the default matcher for its features, verifies better but took 25 s per query of 30 pairs
+# here on a loaded 2-core machine (2026-12-02).
 "$BIN/delfx" classify "$OUT/features" "$OUT/data/train.csv" "$OUT/data/query.csv" \
     --mode retrieval --index "$OUT/index" --matcher mnn --shortlist 10 \
     --out "$OUT/submission.csv" > "$OUT/classify.json"
